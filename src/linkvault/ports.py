@@ -1,0 +1,55 @@
+"""The ports linkvault is built around: structural Protocols, implemented by adapters."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from linkvault.domain import ProviderConnection
+
+
+@runtime_checkable
+class ProviderConnectionRepository(Protocol):
+    """Persistence of provider connections (the fixed port)."""
+
+    async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
+        """The connection, or None."""
+        ...
+
+    async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
+        """All of the user's connections, in every status, disconnected included."""
+        ...
+
+    async def find_by_user_and_provider(
+        self, user_id: UUID, provider_id: UUID
+    ) -> list[ProviderConnection]:
+        """All of the user's connections to one provider (one per account)."""
+        ...
+
+    async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
+        """The user's connections whose status is ACTIVE."""
+        ...
+
+    async def save(self, connection: ProviderConnection) -> None:
+        """Create or update; raises StaleConnectionError for an outdated copy, DatabaseError."""
+        ...
+
+    async def delete(self, connection_id: UUID) -> None:
+        """Hard delete; raises NotFoundError when absent, DatabaseError."""
+        ...
+
+    async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
+        """ACTIVE connections whose credentials expire within `minutes` (or already have)."""
+        ...
+
+
+class Cipher(Protocol):
+    """Authenticated encryption of credential payloads bound to their connection."""
+
+    def seal(self, plaintext: bytes, *, connection_id: UUID) -> bytes:
+        """Encrypt under the active key; the blob names its key."""
+        ...
+
+    def open(self, blob: bytes, *, connection_id: UUID) -> bytes:
+        """Decrypt a blob sealed for this connection; raises DecryptionError."""
+        ...

@@ -1,0 +1,89 @@
+"""Stores implementing the repository port, and `open_store` to open one from a URL."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+from urllib.parse import urlsplit
+
+from linkvault.domain import Clock, utc_now
+from linkvault.errors import InvalidArgumentError
+from linkvault.ports import ProviderConnectionRepository
+
+DEFAULT_URL = "sqlite:///./linkvault.db"
+
+
+class ConnectionStore(ProviderConnectionRepository, Protocol):
+    """A repository that owns its resources: transactions, schema, close."""
+
+    def transaction(self) -> AbstractAsyncContextManager[ProviderConnectionRepository]: ...
+
+    async def migrate(self) -> list[int]: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def check_schema(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///"):
+        raise InvalidArgumentError("a SQLite URL looks like sqlite:///path/to/file.db")
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if not path:
+        raise InvalidArgumentError("the SQLite URL names no file: sqlite:///path/to/file.db")
+    return str(Path(path).expanduser())
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def open_store(
+    url: str = DEFAULT_URL, *, clock: Clock = utc_now, migrate: bool = False
+) -> ConnectionStore:
+    """Open the store a URL names: sqlite:///path, postgresql://…, or memory://."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    store: ConnectionStore
+    if scheme == "sqlite":
+        from linkvault.stores.sqlite import SqliteConnectionRepository
+
+        store = await SqliteConnectionRepository.open(sqlite_path(url), clock=clock)
+    elif scheme in ("postgresql", "postgres"):
+        from linkvault.stores.postgres import PostgresConnectionRepository
+
+        store = await PostgresConnectionRepository.connect(url, clock=clock)
+    elif scheme == "memory":
+        from linkvault.stores.memory import InMemoryConnectionRepository
+
+        store = InMemoryConnectionRepository(clock=clock)
+    else:
+        raise InvalidArgumentError(
+            f"unsupported database URL {redact_url(url)!r}: "
+            "use sqlite:///path, postgresql://user@host/db or memory://"
+        )
+    if migrate:
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+    return store

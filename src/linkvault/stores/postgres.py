@@ -1,0 +1,333 @@
+"""PostgreSQL store over an asyncpg pool: the production store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from uuid import UUID
+
+import asyncpg
+
+from linkvault.domain import (
+    Clock,
+    ConnectionStatus,
+    CredentialType,
+    ProviderConnection,
+    ProviderCredentials,
+    utc_now,
+)
+from linkvault.errors import (
+    ConstraintViolationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    LinkvaultError,
+    NotFoundError,
+    SchemaError,
+    StaleConnectionError,
+)
+from linkvault.stores import queries
+from linkvault.stores.common import check_minutes
+from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
+
+T = TypeVar("T")
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+_Q = queries.load("postgres")
+# An arbitrary constant naming linkvault's migration lock among the server's advisory locks.
+_MIGRATION_LOCK = 0x4C696E6B5661  # "LinkVa"
+
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+)
+
+
+def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
+    """Map a driver or network error to linkvault's exception tree (never parameter values)."""
+    if isinstance(exc, LinkvaultError):
+        return exc
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.UndefinedColumnError):
+        return SchemaError(
+            f"{operation} failed: the linkvault schema is missing or outdated "
+            f"(run `linkvault migrate`): {detail}"
+        )
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return ConstraintViolationError(f"{operation} violated a database constraint: {detail}")
+    if isinstance(exc, _CONNECTION_LOST) or (
+        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+    ):
+        return DatabaseUnavailableError(f"{operation} failed: database unreachable: {detail}")
+    if isinstance(exc, TimeoutError):
+        return DatabaseUnavailableError(f"{operation} failed: database timed out")
+    return DatabaseError(f"{operation} failed: {detail}")
+
+
+def _is_connection_loss(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_LOST) or (
+        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+    )
+
+
+def row_to_connection(row: asyncpg.Record | Sequence[Any]) -> ProviderConnection:
+    """Build the entity from a row in the column order of the named queries."""
+    blob = row[8]
+    credentials = (
+        None if blob is None else ProviderCredentials(blob, CredentialType(row[7]), row[9])
+    )
+    return ProviderConnection(
+        id=row[0],
+        user_id=row[1],
+        provider_id=row[2],
+        provider_slug=row[3],
+        alias=row[4],
+        status=ConnectionStatus(row[5]),
+        status_reason=row[6],
+        credentials=credentials,
+        connected_at=row[10],
+        last_sync_at=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+        version=row[14],
+    )
+
+
+def connection_params(c: ProviderConnection) -> tuple[Any, ...]:
+    """The entity's column values in the order of the named queries (version excluded)."""
+    creds = c.credentials
+    return (
+        c.id,
+        c.user_id,
+        c.provider_id,
+        c.provider_slug,
+        c.alias,
+        c.status.value,
+        c.status_reason,
+        None if creds is None else creds.credential_type.value,
+        None if creds is None else creds.encrypted_data,
+        None if creds is None else creds.expires_at,
+        c.connected_at,
+        c.last_sync_at,
+        c.created_at,
+        c.updated_at,
+    )
+
+
+class PostgresConnectionRepository:
+    """The repository port on PostgreSQL, pooled; bound to one connection inside a transaction."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None = None,
+        *,
+        connection: Conn | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        if (pool is None) == (connection is None):
+            raise ValueError("pass exactly one of pool or connection")
+        self._pool = pool
+        self._conn = connection
+        self._clock = clock
+        self._owns_pool = False
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        clock: Clock = utc_now,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+    ) -> Self:
+        """Open a pool on `dsn`; raises DatabaseUnavailableError when the server is unreachable."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+            )
+        except Exception as exc:
+            raise translate_error(exc, "connecting to PostgreSQL") from exc
+        repo = cls(pool, clock=clock)
+        repo._owns_pool = True
+        return repo
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None and self._owns_pool:
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- plumbing ------------------------------------------------------------
+
+    async def _call(self, operation: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        if self._conn is not None:
+            try:
+                return await fn(self._conn)
+            except Exception as exc:
+                raise translate_error(exc, operation) from exc
+        assert self._pool is not None
+        # A dropped connection (server restart, failover) is retried once on a fresh one:
+        # reads are idempotent and a write carries its version check, so it cannot apply twice.
+        for attempt in (1, 2):
+            try:
+                async with self._pool.acquire() as conn:
+                    return await fn(conn)
+            except Exception as exc:
+                if attempt == 1 and _is_connection_loss(exc):
+                    continue
+                raise translate_error(exc, operation) from exc
+        raise AssertionError("unreachable")
+
+    async def _many(self, operation: str, query: str, *args: Any) -> list[ProviderConnection]:
+        rows = await self._call(operation, lambda c: c.fetch(query, *args))
+        return [row_to_connection(r) for r in rows]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresConnectionRepository]:
+        """A unit of work: everything done through the yielded repository commits together."""
+        if self._conn is not None:
+            async with self._conn.transaction():  # a savepoint inside the caller's transaction
+                yield self
+            return
+        assert self._pool is not None
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            raise translate_error(exc, "beginning a transaction") from exc
+        try:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except Exception as exc:
+                raise translate_error(exc, "beginning a transaction") from exc
+            try:
+                yield PostgresConnectionRepository(connection=conn, clock=self._clock)
+            except BaseException:
+                if not conn.is_closed():
+                    await tx.rollback()
+                raise
+            try:
+                await tx.commit()
+            except Exception as exc:
+                raise translate_error(exc, "committing a transaction") from exc
+        finally:
+            await self._pool.release(conn)
+
+    # --- the port ------------------------------------------------------------
+
+    async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
+        query = _Q["find_by_id"]
+        row = await self._call("find_by_id", lambda c: c.fetchrow(query, connection_id))
+        return None if row is None else row_to_connection(row)
+
+    async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_by_user_id", _Q["find_by_user_id"], user_id)
+
+    async def find_by_user_and_provider(
+        self, user_id: UUID, provider_id: UUID
+    ) -> list[ProviderConnection]:
+        return await self._many(
+            "find_by_user_and_provider", _Q["find_by_user_and_provider"], user_id, provider_id
+        )
+
+    async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_active_by_user", _Q["find_active_by_user"], user_id)
+
+    async def save(self, connection: ProviderConnection) -> None:
+        params = connection_params(connection)
+        expected = connection.version
+        if expected == 0:
+            query = _Q["insert"]
+            version = await self._call("save", lambda c: c.fetchval(query, *params))
+        else:
+            query = _Q["update"]
+            version = await self._call("save", lambda c: c.fetchval(query, *params, expected))
+        if version is None:
+            raise StaleConnectionError(connection.id, expected)
+        connection.version = version
+
+    async def delete(self, connection_id: UUID) -> None:
+        query = _Q["delete"]
+        deleted = await self._call("delete", lambda c: c.fetchval(query, connection_id))
+        if deleted is None:
+            raise NotFoundError(connection_id)
+
+    async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
+        horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
+        return await self._many("find_expiring_soon", _Q["find_expiring_soon"], horizon)
+
+    # --- schema --------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations under an advisory lock; returns the versions applied."""
+
+        async def run(conn: Conn) -> list[int]:
+            applied: list[int] = []
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r[0] for r in await conn.fetch(f"SELECT version FROM {SCHEMA_TABLE}")}
+                for migration in load_migrations("postgres"):
+                    if migration.version in done:
+                        continue
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA_TABLE} (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                    applied.append(migration.version)
+            return applied
+
+        return await self._call("migrate", run)
+
+    async def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+
+        async def run(conn: Conn) -> int:
+            exists = await conn.fetchval("SELECT to_regclass($1)", SCHEMA_TABLE)
+            if exists is None:
+                return 0
+            value = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}")
+            return int(value)
+
+        return await self._call("reading the schema version", run)
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless every migration of this linkvault has been applied."""
+        current, needed = await self.schema_version(), latest_version("postgres")
+        if current < needed:
+            raise SchemaError(
+                f"the database schema is at version {current}, this linkvault needs {needed}: "
+                "run `linkvault migrate`"
+            )

@@ -1,0 +1,65 @@
+-- Named queries of the PostgreSQL store (asyncpg, $n placeholders).
+
+-- name: find_by_id
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE id = $1;
+
+-- name: find_by_user_id
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE user_id = $1
+ORDER BY created_at, id;
+
+-- name: find_by_user_and_provider
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE user_id = $1 AND provider_id = $2
+ORDER BY created_at, id;
+
+-- name: find_active_by_user
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE user_id = $1 AND status = 'active'
+ORDER BY created_at, id;
+
+-- name: find_expiring_soon
+-- The status and NULL tests are literals so that the partial index applies to generic plans.
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE status = 'active'
+  AND credentials_expire_at IS NOT NULL
+  AND credentials_expire_at <= $1
+ORDER BY credentials_expire_at, id;
+
+-- name: insert
+-- A new entity (version 0): created at version 1, or nothing when the id is taken.
+INSERT INTO provider_connections (id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
+ON CONFLICT (id) DO NOTHING
+RETURNING version;
+
+-- name: update
+-- A stored entity: updated only while the stored version is the one the copy was read at.
+UPDATE provider_connections SET
+    user_id = $2,
+    provider_id = $3,
+    provider_slug = $4,
+    alias = $5,
+    status = $6,
+    status_reason = $7,
+    credential_type = $8,
+    encrypted_credentials = $9,
+    credentials_expire_at = $10,
+    connected_at = $11,
+    last_sync_at = $12,
+    created_at = $13,
+    updated_at = $14,
+    version = version + 1
+WHERE id = $1 AND version = $15
+RETURNING version;
+
+-- name: delete
+DELETE FROM provider_connections
+WHERE id = $1
+RETURNING id;

@@ -1,0 +1,422 @@
+"""SQLite store over the standard sqlite3 module: the embedded default.
+
+Every connection lives on a thread of its own, so no query ever blocks the event loop.
+WAL lets readers run beside the single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from uuid import UUID
+
+from linkvault.domain import (
+    Clock,
+    ConnectionStatus,
+    CredentialType,
+    ProviderConnection,
+    ProviderCredentials,
+    utc_now,
+)
+from linkvault.errors import (
+    ConstraintViolationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    LinkvaultError,
+    NotFoundError,
+    SchemaError,
+    StaleConnectionError,
+)
+from linkvault.stores import queries
+from linkvault.stores.common import check_minutes
+from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
+
+T = TypeVar("T")
+
+_Q = queries.load("sqlite")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime | None) -> int | None:
+    return None if value is None else (value - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
+    """Map a sqlite3 error to linkvault's exception tree (never parameter values)."""
+    if isinstance(exc, LinkvaultError):
+        return exc
+    detail = f"{type(exc).__name__}: {exc}"
+    message = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConstraintViolationError(f"{operation} violated a database constraint: {detail}")
+    if isinstance(exc, sqlite3.OperationalError):
+        if message.startswith(("no such table", "no such column")):
+            return SchemaError(
+                f"{operation} failed: the linkvault schema is missing or outdated "
+                f"(run `linkvault migrate`): {detail}"
+            )
+        if "unable to open" in message or "disk I/O" in message:
+            return DatabaseUnavailableError(f"{operation} failed: database unreachable: {detail}")
+    return DatabaseError(f"{operation} failed: {detail}")
+
+
+def row_to_connection(row: Sequence[Any]) -> ProviderConnection:
+    """Build the entity from a row in the column order of the named queries."""
+    blob = row[8]
+    credentials = (
+        None
+        if blob is None
+        else ProviderCredentials(blob, CredentialType(row[7]), from_micros(row[9]))
+    )
+    created, updated = from_micros(row[12]), from_micros(row[13])
+    assert created is not None
+    assert updated is not None
+    return ProviderConnection(
+        id=UUID(bytes=row[0]),
+        user_id=UUID(bytes=row[1]),
+        provider_id=UUID(bytes=row[2]),
+        provider_slug=row[3],
+        alias=row[4],
+        status=ConnectionStatus(row[5]),
+        status_reason=row[6],
+        credentials=credentials,
+        connected_at=from_micros(row[10]),
+        last_sync_at=from_micros(row[11]),
+        created_at=created,
+        updated_at=updated,
+        version=row[14],
+    )
+
+
+def connection_params(c: ProviderConnection) -> tuple[Any, ...]:
+    """The entity's column values in the order of the named queries (version excluded)."""
+    creds = c.credentials
+    return (
+        c.id.bytes,
+        c.user_id.bytes,
+        c.provider_id.bytes,
+        c.provider_slug,
+        c.alias,
+        c.status.value,
+        c.status_reason,
+        None if creds is None else creds.credential_type.value,
+        None if creds is None else creds.encrypted_data,
+        None if creds is None else to_micros(creds.expires_at),
+        to_micros(c.connected_at),
+        to_micros(c.last_sync_at),
+        to_micros(c.created_at),
+        to_micros(c.updated_at),
+    )
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (executescript would commit midway)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            if statement.strip(";\n "):
+                statements.append(statement)
+            buffer = ""
+    if buffer.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
+    ):
+        raise ValueError("the script ends with an incomplete statement")
+    return statements
+
+
+class _Worker:
+    """One sqlite3 connection and the one thread that uses it."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkvault-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def _open(self) -> None:
+        db = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
+        )
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _invoke(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            self._open()
+        assert self._db is not None
+        return fn(self._db)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._invoke, fn)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+class SqliteConnectionRepository:
+    """The repository port on a SQLite file; bound to one connection inside a transaction."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        pool_size: int = 4,
+        busy_timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        if pool_size < 1:
+            raise InvalidArgumentError("pool_size must be at least 1")
+        self._path = str(path)
+        self._clock = clock
+        self._workers = [_Worker(self._path, busy_timeout) for _ in range(pool_size)]
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        for worker in self._workers:
+            self._idle.put_nowait(worker)
+        self._bound: _Worker | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path, *, pool_size: int = 4, clock: Clock = utc_now) -> Self:
+        """Open (creating if needed) the database file; raises DatabaseUnavailableError."""
+        repo = cls(path, pool_size=pool_size, clock=clock)
+        try:
+            await repo._call(f"opening the SQLite database {path}", _probe)
+        except BaseException:
+            await repo.close()
+            raise
+        return repo
+
+    def _bind(self, worker: _Worker) -> SqliteConnectionRepository:
+        bound = object.__new__(SqliteConnectionRepository)
+        bound._path = self._path
+        bound._clock = self._clock
+        bound._workers = []
+        bound._idle = self._idle
+        bound._bound = worker
+        bound._closed = False
+        return bound
+
+    async def close(self) -> None:
+        if self._bound is not None or self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            await worker.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- plumbing ------------------------------------------------------------
+
+    async def _call(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._bound is not None:
+            try:
+                return await self._bound.run(fn)
+            except Exception as exc:
+                raise translate_error(exc, operation) from exc
+        if self._closed:
+            raise DatabaseError(f"{operation} failed: the store is closed")
+        worker = await self._idle.get()
+        try:
+            return await worker.run(fn)
+        except Exception as exc:
+            raise translate_error(exc, operation) from exc
+        finally:
+            self._idle.put_nowait(worker)
+
+    async def _many(self, operation: str, query: str, *args: Any) -> list[ProviderConnection]:
+        rows = await self._call(operation, lambda db: db.execute(query, args).fetchall())
+        return [row_to_connection(r) for r in rows]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteConnectionRepository]:
+        """A unit of work: everything done through the yielded repository commits together."""
+        if self._bound is not None:
+            name = f"lv_{id(object())}"
+            await self._call("beginning a savepoint", lambda db: db.execute(f"SAVEPOINT {name}"))
+            try:
+                yield self
+            except BaseException:
+                await self._call(
+                    "rolling back a savepoint",
+                    lambda db: db.execute(f"ROLLBACK TO {name}").execute(f"RELEASE {name}"),
+                )
+                raise
+            await self._call("releasing a savepoint", lambda db: db.execute(f"RELEASE {name}"))
+            return
+        if self._closed:
+            raise DatabaseError("beginning a transaction failed: the store is closed")
+        worker = await self._idle.get()
+        try:
+            bound = self._bind(worker)
+            # IMMEDIATE takes the write lock up front: a read lock upgraded later can fail
+            # with SQLITE_BUSY that no busy timeout resolves.
+            await bound._call("beginning a transaction", lambda db: db.execute("BEGIN IMMEDIATE"))
+            try:
+                yield bound
+            except BaseException:
+                await bound._call("rolling back", _rollback)
+                raise
+            try:
+                await bound._call("committing a transaction", lambda db: db.execute("COMMIT"))
+            except BaseException:
+                await bound._call("rolling back", _rollback)
+                raise
+        finally:
+            self._idle.put_nowait(worker)
+
+    # --- the port ------------------------------------------------------------
+
+    async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
+        query, key = _Q["find_by_id"], connection_id.bytes
+        row = await self._call("find_by_id", lambda db: db.execute(query, (key,)).fetchone())
+        return None if row is None else row_to_connection(row)
+
+    async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_by_user_id", _Q["find_by_user_id"], user_id.bytes)
+
+    async def find_by_user_and_provider(
+        self, user_id: UUID, provider_id: UUID
+    ) -> list[ProviderConnection]:
+        return await self._many(
+            "find_by_user_and_provider",
+            _Q["find_by_user_and_provider"],
+            user_id.bytes,
+            provider_id.bytes,
+        )
+
+    async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_active_by_user", _Q["find_active_by_user"], user_id.bytes)
+
+    async def save(self, connection: ProviderConnection) -> None:
+        params = connection_params(connection)
+        expected = connection.version
+        if expected == 0:
+            query, args = _Q["insert"], params
+        else:
+            query, args = _Q["update"], (*params, expected)
+
+        def run(db: sqlite3.Connection) -> int | None:
+            row = db.execute(query, args).fetchone()
+            return None if row is None else int(row[0])
+
+        version = await self._call("save", run)
+        if version is None:
+            raise StaleConnectionError(connection.id, expected)
+        connection.version = version
+
+    async def delete(self, connection_id: UUID) -> None:
+        query, key = _Q["delete"], connection_id.bytes
+        row = await self._call("delete", lambda db: db.execute(query, (key,)).fetchone())
+        if row is None:
+            raise NotFoundError(connection_id)
+
+    async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
+        horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
+        return await self._many("find_expiring_soon", _Q["find_expiring_soon"], to_micros(horizon))
+
+    # --- schema --------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations in one write transaction; returns the versions applied."""
+
+        def run(db: sqlite3.Connection) -> list[int]:
+            applied: list[int] = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+                )
+                done = {r[0] for r in db.execute(f"SELECT version FROM {SCHEMA_TABLE}")}
+                for migration in load_migrations("sqlite"):
+                    if migration.version in done:
+                        continue
+                    for statement in split_statements(migration.sql):
+                        db.execute(statement)
+                    db.execute(
+                        f"INSERT INTO {SCHEMA_TABLE} (version, name) VALUES (?, ?)",
+                        (migration.version, migration.name),
+                    )
+                    applied.append(migration.version)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return applied
+
+        return await self._call("migrate", run)
+
+    async def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+
+        def run(db: sqlite3.Connection) -> int:
+            exists = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SCHEMA_TABLE,)
+            ).fetchone()
+            if exists is None:
+                return 0
+            row = db.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}").fetchone()
+            return int(row[0])
+
+        return await self._call("reading the schema version", run)
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless every migration of this linkvault has been applied."""
+        current, needed = await self.schema_version(), latest_version("sqlite")
+        if current < needed:
+            raise SchemaError(
+                f"the database schema is at version {current}, this linkvault needs {needed}: "
+                "run `linkvault migrate`"
+            )
+
+
+def _probe(db: sqlite3.Connection) -> None:
+    db.execute("SELECT 1").fetchone()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        db.execute("ROLLBACK")
