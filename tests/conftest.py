@@ -4,7 +4,6 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,19 +14,9 @@ from linkvault.stores import ConnectionStore
 from linkvault.stores.memory import InMemoryConnectionRepository
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository
+from tests.support import FakeClock
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@dataclass
-class FakeClock:
-    now: datetime = field(default_factory=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 def in_ci() -> bool:
@@ -112,22 +101,32 @@ def sqlite_file(tmp_path: Path) -> Path:
     return tmp_path / "linkvault.db"
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(
-    request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
-) -> AsyncIterator[ConnectionStore]:
-    kind: str = request.param
-    repo: ConnectionStore
-    if kind == "memory":
-        repo = InMemoryConnectionRepository(clock=clock)
-    elif kind == "sqlite":
-        repo = await SqliteConnectionRepository.open(tmp_path / "store.db", clock=clock)
-        await repo.migrate()
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = await server.create_database()
-        repo = await PostgresConnectionRepository.connect(url, clock=clock, max_size=8)
-    try:
+@pytest.fixture
+async def memory_store(clock: FakeClock) -> AsyncIterator[InMemoryConnectionRepository]:
+    async with InMemoryConnectionRepository(clock=clock) as repo:
         yield repo
-    finally:
-        await repo.close()
+
+
+@pytest.fixture
+async def sqlite_store(
+    clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[SqliteConnectionRepository]:
+    repo = await SqliteConnectionRepository.open(tmp_path / "store.db", clock=clock)
+    async with repo:
+        await repo.migrate()
+        yield repo
+
+
+@pytest.fixture
+async def postgres_store(
+    clock: FakeClock, postgres_url: str
+) -> AsyncIterator[PostgresConnectionRepository]:
+    repo = await PostgresConnectionRepository.connect(postgres_url, clock=clock, max_size=8)
+    async with repo:
+        yield repo
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> ConnectionStore:
+    repo: ConnectionStore = request.getfixturevalue(f"{request.param}_store")
+    return repo

@@ -7,10 +7,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import urlsplit
+from uuid import UUID
 
-from linkvault.domain import Clock, utc_now
+from linkvault.domain import Clock, ProviderConnection, utc_now
 from linkvault.errors import InvalidArgumentError
 from linkvault.ports import ProviderConnectionRepository
+from linkvault.stores.common import ConnectionFilter
 
 DEFAULT_URL = "sqlite:///./linkvault.db"
 
@@ -19,6 +21,14 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
     """A repository that owns its resources: transactions, schema, close."""
 
     def transaction(self) -> AbstractAsyncContextManager[ProviderConnectionRepository]: ...
+
+    async def list_connections(
+        self,
+        where: ConnectionFilter | None = None,
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ProviderConnection]: ...
 
     async def migrate(self) -> list[int]: ...
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from linkvault.domain import ConnectionStatus
 from linkvault.errors import InvalidArgumentError
 
 # A year: far beyond any refresh horizon, and small enough for every datetime to hold.
@@ -15,3 +20,23 @@ def check_minutes(minutes: int) -> int:
     if not 0 <= minutes <= MAX_MINUTES:
         raise InvalidArgumentError(f"minutes must be between 0 and {MAX_MINUTES}")
     return minutes
+
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFilter:
+    """Optional filters of a listing; `expiring_before` keeps ACTIVE ones expiring by then."""
+
+    user_id: UUID | None = None
+    provider_id: UUID | None = None
+    status: ConnectionStatus | None = None
+    expiring_before: datetime | None = None
+
+
+def check_limit(limit: int) -> int:
+    """Validate a page size."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgumentError(f"limit must be an integer between 1 and {MAX_PAGE}")
+    return limit

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import NotFoundError, StaleConnectionError
-from linkvault.stores.common import check_minutes
+from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
 
 
 def _copy(connection: ProviderConnection) -> ProviderConnection:
@@ -132,6 +132,37 @@ class InMemoryConnectionRepository:
     def _delete(self, connection_id: UUID) -> None:
         if self._rows.pop(connection_id, None) is None:
             raise NotFoundError(connection_id)
+
+    async def list_connections(
+        self,
+        where: ConnectionFilter | None = None,
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ProviderConnection]:
+        """One page of connections in id order, after the cursor `after`."""
+        f = where or ConnectionFilter()
+        size = check_limit(limit)
+
+        def pick(c: ProviderConnection) -> bool:
+            expiry = c.credentials.expires_at if c.credentials else None
+            return (
+                (f.user_id is None or c.user_id == f.user_id)
+                and (f.provider_id is None or c.provider_id == f.provider_id)
+                and (f.status is None or c.status is f.status)
+                and (
+                    f.expiring_before is None
+                    or (
+                        c.status is ConnectionStatus.ACTIVE
+                        and expiry is not None
+                        and expiry <= f.expiring_before
+                    )
+                )
+                and (after is None or c.id.bytes > after.bytes)
+            )
+
+        rows = await self._read(pick)
+        return sorted(rows, key=lambda c: c.id.bytes)[:size]
 
     async def migrate(self) -> list[int]:
         return []

@@ -29,7 +29,7 @@ from linkvault.errors import (
     StaleConnectionError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import check_minutes
+from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
 T = TypeVar("T")
@@ -281,6 +281,28 @@ class PostgresConnectionRepository:
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
         horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
         return await self._many("find_expiring_soon", _Q["find_expiring_soon"], horizon)
+
+    # --- beyond the port -------------------------------------------------------
+
+    async def list_connections(
+        self,
+        where: ConnectionFilter | None = None,
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ProviderConnection]:
+        """One page of connections in id order, after the cursor `after`."""
+        f = where or ConnectionFilter()
+        return await self._many(
+            "list_connections",
+            _Q["list_page"],
+            f.user_id,
+            f.provider_id,
+            f.status.value if f.status else None,
+            f.expiring_before,
+            after,
+            check_limit(limit),
+        )
 
     # --- schema --------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from linkvault.errors import (
     StaleConnectionError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import check_minutes
+from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
 T = TypeVar("T")
@@ -355,6 +355,28 @@ class SqliteConnectionRepository:
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
         horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
         return await self._many("find_expiring_soon", _Q["find_expiring_soon"], to_micros(horizon))
+
+    # --- beyond the port -------------------------------------------------------
+
+    async def list_connections(
+        self,
+        where: ConnectionFilter | None = None,
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ProviderConnection]:
+        """One page of connections in id order, after the cursor `after`."""
+        f = where or ConnectionFilter()
+        return await self._many(
+            "list_connections",
+            _Q["list_page"],
+            f.user_id.bytes if f.user_id else None,
+            f.provider_id.bytes if f.provider_id else None,
+            f.status.value if f.status else None,
+            to_micros(f.expiring_before),
+            after.bytes if after else None,
+            check_limit(limit),
+        )
 
     # --- schema --------------------------------------------------------------
 

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from linkvault.domain import utc_now
+from linkvault.errors import InvalidArgumentError, SchemaError
+from linkvault.stores import DEFAULT_URL, open_store, redact_url
+from linkvault.stores import queries as named
+from linkvault.stores.memory import InMemoryConnectionRepository
+from linkvault.stores.migrations import SCHEMA_TABLE, latest_version
+from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.stores.sqlite import SqliteConnectionRepository
+from tests.conftest import PostgresServer
+
+PORT_QUERIES = {
+    "find_by_id": lambda u, p, t: (u,),
+    "find_by_user_id": lambda u, p, t: (u,),
+    "find_by_user_and_provider": lambda u, p, t: (u, p),
+    "find_active_by_user": lambda u, p, t: (u,),
+    "find_expiring_soon": lambda u, p, t: (t,),
+}
+
+
+async def test_postgres_migrate_is_idempotent_and_recorded(
+    postgres_server: PostgresServer,
+) -> None:
+    url = await postgres_server.create_database(migrated=False)
+    async with await PostgresConnectionRepository.connect(url) as repo:
+        assert await repo.schema_version() == 0
+        with pytest.raises(SchemaError, match="linkvault migrate"):
+            await repo.check_schema()
+
+        assert await repo.migrate() == list(range(1, latest_version("postgres") + 1))
+        assert await repo.migrate() == []
+
+        assert await repo.schema_version() == latest_version("postgres")
+        await repo.check_schema()
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(f"SELECT version, name, applied_at FROM {SCHEMA_TABLE}")
+    finally:
+        await conn.close()
+    assert [r["version"] for r in rows] == list(range(1, latest_version("postgres") + 1))
+    assert rows[0]["name"] == "initial"
+
+
+async def test_concurrent_postgres_migrations_do_not_collide(
+    postgres_server: PostgresServer,
+) -> None:
+    url = await postgres_server.create_database(migrated=False)
+    repos = [await PostgresConnectionRepository.connect(url) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(r.migrate() for r in repos))
+    finally:
+        for repo in repos:
+            await repo.close()
+
+    assert sorted(applied, key=len) == [[], [], [], list(range(1, latest_version("postgres") + 1))]
+
+
+async def test_sqlite_migrate_is_idempotent_and_recorded(tmp_path: Path) -> None:
+    async with await SqliteConnectionRepository.open(tmp_path / "lv.db") as repo:
+        assert await repo.schema_version() == 0
+        assert await repo.migrate() == list(range(1, latest_version("sqlite") + 1))
+        assert await repo.migrate() == []
+        await repo.check_schema()
+    with sqlite3.connect(tmp_path / "lv.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in db.execute(f"SELECT version FROM {SCHEMA_TABLE}")]
+    assert versions == list(range(1, latest_version("sqlite") + 1))
+
+
+async def test_concurrent_sqlite_migrations_do_not_collide(tmp_path: Path) -> None:
+    repos = [await SqliteConnectionRepository.open(tmp_path / "lv.db") for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(r.migrate() for r in repos))
+    finally:
+        for repo in repos:
+            await repo.close()
+    assert sorted(applied, key=len) == [[], [], [], list(range(1, latest_version("sqlite") + 1))]
+
+
+async def _fill_postgres(url: str, rows: int) -> None:
+    conn = await asyncpg.connect(url)
+    now = utc_now()
+    try:
+        records = []
+        for n in range(rows):
+            status = "active" if n % 10 < 7 else "expired"
+            records.append(
+                (
+                    uuid4(),
+                    uuid4(),
+                    uuid4(),
+                    "schwab",
+                    None,
+                    status,
+                    None,
+                    "oauth2",
+                    os.urandom(32),
+                    now + timedelta(seconds=n),
+                    now,
+                    None,
+                    now,
+                    now,
+                    1,
+                )
+            )
+        columns = named.load("postgres")["find_by_id"].split("FROM")[0]
+        names = [c.strip() for c in columns.replace("SELECT", "").split(",")]
+        await conn.copy_records_to_table("provider_connections", records=records, columns=names)
+        await conn.execute("ANALYZE provider_connections")
+    finally:
+        await conn.close()
+
+
+async def test_every_port_query_is_answered_from_an_index_on_postgres(
+    postgres_url: str,
+) -> None:
+    await _fill_postgres(postgres_url, 20_000)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        for name, args in PORT_QUERIES.items():
+            sql = named.load("postgres")[name]
+            params = args(uuid4(), uuid4(), utc_now() + timedelta(minutes=5))
+            for mode in ("auto", "force_generic_plan"):
+                await conn.execute(f"SET plan_cache_mode = {mode}")
+                plan = "\n".join(
+                    r[0] for r in await conn.fetch(f"EXPLAIN (COSTS OFF) {sql}", *params)
+                )
+                assert "Seq Scan" not in plan, f"{name} ({mode}):\n{plan}"
+                assert "Index" in plan, f"{name} ({mode}):\n{plan}"
+    finally:
+        await conn.close()
+
+
+async def test_every_port_query_is_answered_from_an_index_on_sqlite(tmp_path: Path) -> None:
+    async with await SqliteConnectionRepository.open(tmp_path / "lv.db") as repo:
+        await repo.migrate()
+    with sqlite3.connect(tmp_path / "lv.db") as db:
+        db.execute("ANALYZE")
+        for name, args in PORT_QUERIES.items():
+            sql = named.load("sqlite")[name]
+            params = args(uuid4().bytes, uuid4().bytes, 0)
+            plan = " | ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert (
+                "USING INDEX" in plan
+                or "USING PRIMARY KEY" in plan
+                or ("USING COVERING INDEX" in plan)
+            ), f"{name}: {plan}"
+            assert "SCAN provider_connections" not in plan.replace("USING", ""), f"{name}: {plan}"
+
+
+async def test_open_store_opens_each_kind_from_one_url(tmp_path: Path, postgres_url: str) -> None:
+    async with await open_store(f"sqlite:///{tmp_path}/a.db", migrate=True) as lite:
+        assert isinstance(lite, SqliteConnectionRepository)
+        assert await lite.find_by_user_id(uuid4()) == []
+    async with await open_store(postgres_url) as pg:
+        assert isinstance(pg, PostgresConnectionRepository)
+        assert await pg.find_by_user_id(uuid4()) == []
+    async with await open_store("memory://") as mem:
+        assert isinstance(mem, InMemoryConnectionRepository)
+
+
+async def test_open_store_defaults_to_linkvault_db_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_URL == "sqlite:///./linkvault.db"
+    store = await open_store(migrate=True)
+    await store.close()
+    assert (tmp_path / "linkvault.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root@localhost/db", "linkvault.db", "sqlite://", "sqlite:///", ""]
+)
+async def test_open_store_refuses_an_unsupported_url(url: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        await open_store(url)
+
+
+def test_a_password_in_a_url_is_redacted_in_messages() -> None:
+    assert redact_url("postgresql://app:hunter2@db:5432/lv") == "postgresql://app:***@db:5432/lv"
