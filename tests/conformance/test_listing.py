@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
-from linkvault.domain import ConnectionStatus
+from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import ConnectionFilter
@@ -18,7 +18,7 @@ async def test_pages_walk_every_connection_once_in_id_order(
 ) -> None:
     ids = {(await saved(store, make(clock))).id for _ in range(23)}
 
-    seen = []
+    seen: list[UUID] = []
     after = None
     while True:
         page = await store.list_connections(after=after, limit=5)
@@ -44,7 +44,7 @@ async def test_filters_combine(store: ConnectionStore, clock: FakeClock) -> None
     b = await saved(store, make(clock, user_id=user, provider_id=PLAID))
     await saved(store, make(clock, status=ConnectionStatus.ACTIVE, expires_at=soon))
 
-    def ids(rows: list) -> set:  # type: ignore[type-arg]
+    def ids(rows: list[ProviderConnection]) -> set[UUID]:
         return {c.id for c in rows}
 
     assert len(await store.list_connections(ConnectionFilter(user_id=user))) == 3

@@ -3,8 +3,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -20,7 +22,7 @@ from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from tests.conftest import PostgresServer
 
-PORT_QUERIES = {
+PORT_QUERIES: dict[str, Callable[[Any, Any, Any], tuple[Any, ...]]] = {
     "find_by_id": lambda u, p, t: (u,),
     "find_by_user_id": lambda u, p, t: (u,),
     "find_by_user_and_provider": lambda u, p, t: (u, p),

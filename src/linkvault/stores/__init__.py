@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -12,7 +14,7 @@ from uuid import UUID
 from linkvault.domain import Clock, ProviderConnection, utc_now
 from linkvault.errors import InvalidArgumentError
 from linkvault.ports import ProviderConnectionRepository
-from linkvault.stores.common import ConnectionFilter
+from linkvault.stores.common import Claim, ConnectionFilter, RefreshBacklog
 
 DEFAULT_URL = "sqlite:///./linkvault.db"
 
@@ -29,6 +31,36 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
         after: UUID | None = None,
         limit: int = 100,
     ) -> list[ProviderConnection]: ...
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        horizon: timedelta,
+        lease: timedelta,
+        limit: int,
+        max_failures: int,
+    ) -> list[Claim]: ...
+
+    async def finish_claim(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        succeeded: bool,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> int | None: ...
+
+    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None: ...
+
+    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog: ...
+
+    async def find_sealed_outside(
+        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
+    ) -> list[ProviderConnection]: ...
+
+    async def count_sealed_with(self, prefix: bytes) -> int: ...
 
     async def migrate(self) -> list[int]: ...
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from linkvault.domain import ConnectionStatus
+from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
 
 # A year: far beyond any refresh horizon, and small enough for every datetime to hold.
@@ -40,3 +40,26 @@ def check_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidArgumentError(f"limit must be an integer between 1 and {MAX_PAGE}")
     return limit
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A connection leased to one refresh worker, with its failed attempts so far."""
+
+    connection: ProviderConnection
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshBacklog:
+    """Due connections nobody holds a lease on, and the expiry of the most overdue one."""
+
+    unclaimed: int
+    oldest_due: datetime | None
+
+
+def check_owner(owner: str) -> str:
+    """Validate a worker's lease owner name."""
+    if not isinstance(owner, str) or not 0 < len(owner) <= 200:
+        raise InvalidArgumentError("a lease owner is a non-empty name of at most 200 characters")
+    return owner

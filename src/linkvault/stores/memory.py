@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
 from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import NotFoundError, StaleConnectionError
-from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
+from linkvault.stores.common import (
+    Claim,
+    ConnectionFilter,
+    RefreshBacklog,
+    check_limit,
+    check_minutes,
+    check_owner,
+)
 
 
 def _copy(connection: ProviderConnection) -> ProviderConnection:
     # Credentials are frozen, every other field immutable: a shallow copy is a full copy.
     return dataclasses.replace(connection)
+
+
+@dataclasses.dataclass(slots=True)
+class _Schedule:
+    owner: str | None = None
+    until: datetime | None = None
+    failures: int = 0
+    next_at: datetime | None = None
+    error: str | None = None
 
 
 def _ordered(rows: list[ProviderConnection]) -> list[ProviderConnection]:
@@ -30,6 +46,7 @@ class InMemoryConnectionRepository:
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._rows: dict[UUID, ProviderConnection] = {}
+        self._schedules: dict[UUID, _Schedule] = {}
         self._clock = clock
         self._lock = asyncio.Lock()
         self._in_transaction = False
@@ -53,18 +70,22 @@ class InMemoryConnectionRepository:
         """A unit of work: changes through the yielded repository apply together or not at all."""
         if self._in_transaction:
             snapshot = dict(self._rows)
+            schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             try:
                 yield self
             except BaseException:
                 self._rows = snapshot
+                self._schedules = schedules
                 raise
             return
         async with self._lock:
             staged = InMemoryConnectionRepository(clock=self._clock)
             staged._rows = {k: _copy(v) for k, v in self._rows.items()}
+            staged._schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             staged._in_transaction = True
             yield staged
             self._rows = staged._rows
+            self._schedules = staged._schedules
 
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
         if not self._in_transaction:
@@ -119,6 +140,11 @@ class InMemoryConnectionRepository:
             raise StaleConnectionError(connection.id, expected)
         copy = _copy(connection)
         copy.version = expected + 1
+        old_blob = stored.credentials.encrypted_data if stored and stored.credentials else None
+        new_blob = connection.credentials.encrypted_data if connection.credentials else None
+        schedule = self._schedules.setdefault(connection.id, _Schedule())
+        if old_blob != new_blob:
+            schedule.failures, schedule.next_at = 0, None
         self._rows[connection.id] = copy
         connection.version = expected + 1
 
@@ -132,6 +158,7 @@ class InMemoryConnectionRepository:
     def _delete(self, connection_id: UUID) -> None:
         if self._rows.pop(connection_id, None) is None:
             raise NotFoundError(connection_id)
+        self._schedules.pop(connection_id, None)
 
     async def list_connections(
         self,
@@ -163,6 +190,110 @@ class InMemoryConnectionRepository:
 
         rows = await self._read(pick)
         return sorted(rows, key=lambda c: c.id.bytes)[:size]
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        horizon: timedelta,
+        lease: timedelta,
+        limit: int,
+        max_failures: int,
+    ) -> list[Claim]:
+        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
+        check_owner(owner)
+        check_limit(limit)
+        async with self._lock:
+            now = self._clock()
+            due = []
+            for c in self._rows.values():
+                s = self._schedules.setdefault(c.id, _Schedule())
+                expiry = c.credentials.expires_at if c.credentials else None
+                if (
+                    c.status is ConnectionStatus.ACTIVE
+                    and c.credentials is not None
+                    and c.credentials.supports_refresh
+                    and expiry is not None
+                    and expiry <= now + horizon
+                    and (s.next_at is None or s.next_at <= now)
+                    and (s.until is None or s.until <= now)
+                    and s.failures < max_failures
+                ):
+                    due.append((expiry, c))
+            due.sort(key=lambda pair: pair[0])
+            claims = []
+            for _, c in due[:limit]:
+                s = self._schedules[c.id]
+                s.owner, s.until = owner, now + lease
+                claims.append(Claim(_copy(c), s.failures))
+            return claims
+
+    async def finish_claim(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        succeeded: bool,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> int | None:
+        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        async with self._lock:
+            s = self._schedules.get(connection_id)
+            if s is None or s.owner != owner or connection_id not in self._rows:
+                return None
+            s.owner, s.until = None, None
+            s.failures = 0 if succeeded else s.failures + 1
+            s.next_at, s.error = next_attempt_at, error
+            return s.failures
+
+    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
+        """Hand back leases never started, keeping their schedule."""
+        async with self._lock:
+            for connection_id in connection_ids:
+                s = self._schedules.get(connection_id)
+                if s is not None and s.owner == owner:
+                    s.owner, s.until = None, None
+
+    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
+        """How many due connections are not leased, and the oldest due expiry."""
+        async with self._lock:
+            now = self._clock()
+            expiries = []
+            for c in self._rows.values():
+                s = self._schedules.get(c.id, _Schedule())
+                expiry = c.credentials.expires_at if c.credentials else None
+                if (
+                    c.status is ConnectionStatus.ACTIVE
+                    and c.credentials is not None
+                    and c.credentials.supports_refresh
+                    and expiry is not None
+                    and expiry <= now + horizon
+                    and (s.until is None or s.until <= now)
+                ):
+                    expiries.append(expiry)
+            return RefreshBacklog(len(expiries), min(expiries) if expiries else None)
+
+    async def find_sealed_outside(
+        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
+    ) -> list[ProviderConnection]:
+        """Connections holding credentials whose blob does not start with `prefix`, in id order."""
+        size = check_limit(limit)
+        rows = await self._read(
+            lambda c: (
+                c.credentials is not None
+                and not c.credentials.encrypted_data.startswith(prefix)
+                and (after is None or c.id.bytes > after.bytes)
+            )
+        )
+        return sorted(rows, key=lambda c: c.id.bytes)[:size]
+
+    async def count_sealed_with(self, prefix: bytes) -> int:
+        """How many connections hold credentials whose blob starts with `prefix`."""
+        rows = await self._read(
+            lambda c: c.credentials is not None and c.credentials.encrypted_data.startswith(prefix)
+        )
+        return len(rows)
 
     async def migrate(self) -> list[int]:
         return []

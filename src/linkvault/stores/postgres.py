@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from uuid import UUID
@@ -29,7 +29,14 @@ from linkvault.errors import (
     StaleConnectionError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
+from linkvault.stores.common import (
+    Claim,
+    ConnectionFilter,
+    RefreshBacklog,
+    check_limit,
+    check_minutes,
+    check_owner,
+)
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
 T = TypeVar("T")
@@ -303,6 +310,63 @@ class PostgresConnectionRepository:
             after,
             check_limit(limit),
         )
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        horizon: timedelta,
+        lease: timedelta,
+        limit: int,
+        max_failures: int,
+    ) -> list[Claim]:
+        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
+        now = self._clock()
+        query = _Q["claim_due"]
+        args = (now + horizon, now, max_failures, check_limit(limit), check_owner(owner))
+        rows = await self._call("claim_due", lambda c: c.fetch(query, *args, now + lease))
+        return [Claim(row_to_connection(r), r[15]) for r in rows]
+
+    async def finish_claim(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        succeeded: bool,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> int | None:
+        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        query = _Q["finish_claim"]
+        args = (connection_id, owner, succeeded, next_attempt_at, error)
+        value = await self._call("finish_claim", lambda c: c.fetchval(query, *args))
+        return None if value is None else int(value)
+
+    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
+        """Hand back leases never started, keeping their schedule."""
+        query, ids = _Q["release_claims"], list(connection_ids)
+        await self._call("release_claims", lambda c: c.execute(query, ids, owner))
+
+    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
+        """How many due connections are not leased, and the oldest due expiry."""
+        now = self._clock()
+        query = _Q["refresh_backlog"]
+        row = await self._call("refresh_backlog", lambda c: c.fetchrow(query, now + horizon, now))
+        assert row is not None
+        return RefreshBacklog(int(row[0]), row[1])
+
+    async def find_sealed_outside(
+        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
+    ) -> list[ProviderConnection]:
+        """Connections holding credentials whose blob does not start with `prefix`, in id order."""
+        return await self._many(
+            "find_sealed_outside", _Q["find_sealed_outside"], prefix, after, check_limit(limit)
+        )
+
+    async def count_sealed_with(self, prefix: bytes) -> int:
+        """How many connections hold credentials whose blob starts with `prefix`."""
+        query = _Q["count_sealed_with"]
+        return int(await self._call("count_sealed_with", lambda c: c.fetchval(query, prefix)))
 
     # --- schema --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ WAL lets readers run beside the single writer.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,14 @@ from linkvault.errors import (
     StaleConnectionError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import ConnectionFilter, check_limit, check_minutes
+from linkvault.stores.common import (
+    Claim,
+    ConnectionFilter,
+    RefreshBacklog,
+    check_limit,
+    check_minutes,
+    check_owner,
+)
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
 T = TypeVar("T")
@@ -377,6 +385,92 @@ class SqliteConnectionRepository:
             after.bytes if after else None,
             check_limit(limit),
         )
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        horizon: timedelta,
+        lease: timedelta,
+        limit: int,
+        max_failures: int,
+    ) -> list[Claim]:
+        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
+        now = self._clock()
+        query = _Q["claim_due"]
+        args = (
+            to_micros(now + horizon),
+            to_micros(now),
+            max_failures,
+            check_limit(limit),
+            check_owner(owner),
+            to_micros(now + lease),
+        )
+
+        def run(db: sqlite3.Connection) -> list[Any]:
+            if db.in_transaction:
+                return db.execute(query, args).fetchall()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(query, args).fetchall()
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return rows
+
+        rows = await self._call("claim_due", run)
+        claims = [Claim(row_to_connection(r), int(r[15])) for r in rows]
+        claims.sort(key=lambda c: c.connection.credentials.expires_at)  # type: ignore[union-attr,return-value,arg-type]
+        return claims
+
+    async def finish_claim(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        succeeded: bool,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> int | None:
+        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        query = _Q["finish_claim"]
+        args = (connection_id.bytes, owner, succeeded, to_micros(next_attempt_at), error)
+        row = await self._call("finish_claim", lambda db: db.execute(query, args).fetchone())
+        return None if row is None else int(row[0])
+
+    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
+        """Hand back leases never started, keeping their schedule."""
+        query = _Q["release_claims"]
+        ids = json.dumps([i.bytes.hex().upper() for i in connection_ids])
+        await self._call("release_claims", lambda db: db.execute(query, (ids, owner)))
+
+    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
+        """How many due connections are not leased, and the oldest due expiry."""
+        now = self._clock()
+        query, args = _Q["refresh_backlog"], (to_micros(now + horizon), to_micros(now))
+        row = await self._call("refresh_backlog", lambda db: db.execute(query, args).fetchone())
+        return RefreshBacklog(int(row[0]), from_micros(row[1]))
+
+    async def find_sealed_outside(
+        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
+    ) -> list[ProviderConnection]:
+        """Connections holding credentials whose blob does not start with `prefix`, in id order."""
+        return await self._many(
+            "find_sealed_outside",
+            _Q["find_sealed_outside"],
+            prefix,
+            after.bytes if after else None,
+            check_limit(limit),
+        )
+
+    async def count_sealed_with(self, prefix: bytes) -> int:
+        """How many connections hold credentials whose blob starts with `prefix`."""
+        query = _Q["count_sealed_with"]
+        row = await self._call(
+            "count_sealed_with", lambda db: db.execute(query, (prefix,)).fetchone()
+        )
+        return int(row[0])
 
     # --- schema --------------------------------------------------------------
 

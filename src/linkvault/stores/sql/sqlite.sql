@@ -55,6 +55,9 @@ UPDATE provider_connections SET
     last_sync_at = ?12,
     created_at = ?13,
     updated_at = ?14,
+    -- New credentials start a fresh refresh schedule.
+    refresh_failures = CASE WHEN encrypted_credentials IS NOT ?9 THEN 0 ELSE refresh_failures END,
+    next_refresh_at = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE next_refresh_at END,
     version = version + 1
 WHERE id = ?1 AND version = ?15
 RETURNING version;
@@ -75,3 +78,67 @@ WHERE (?1 IS NULL OR user_id = ?1)
   AND (?5 IS NULL OR id > ?5)
 ORDER BY id
 LIMIT ?6;
+
+-- name: claim_due
+-- Lease due refreshable connections to one worker; run under BEGIN IMMEDIATE, which holds
+-- the single write lock, so no two workers can claim the same row.
+UPDATE provider_connections
+SET refresh_lease_owner = ?5, refresh_lease_until = ?6
+WHERE id IN (
+    SELECT id
+    FROM provider_connections
+    WHERE status = 'active'
+      AND credentials_expire_at IS NOT NULL
+      AND credentials_expire_at <= ?1
+      AND credential_type IN ('oauth2', 'link_token')
+      AND (next_refresh_at IS NULL OR next_refresh_at <= ?2)
+      AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2)
+      AND refresh_failures < ?3
+    ORDER BY credentials_expire_at
+    LIMIT ?4
+)
+RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures;
+
+-- name: finish_claim
+-- Close a lease this worker still holds: reset the schedule after a success, or record the
+-- failure and when to try again.
+UPDATE provider_connections
+SET refresh_lease_owner = NULL,
+    refresh_lease_until = NULL,
+    refresh_failures = CASE WHEN ?3 THEN 0 ELSE refresh_failures + 1 END,
+    next_refresh_at = ?4,
+    last_refresh_error = ?5
+WHERE id = ?1 AND refresh_lease_owner = ?2
+RETURNING refresh_failures;
+
+-- name: release_claims
+-- Hand back leases that were never started (shutdown), leaving the schedule as it was.
+UPDATE provider_connections
+SET refresh_lease_owner = NULL, refresh_lease_until = NULL
+WHERE refresh_lease_owner = ?2 AND hex(id) IN (SELECT value FROM json_each(?1));
+
+-- name: refresh_backlog
+-- Due but not leased right now, and the age of the most overdue one, for the worker's gauges.
+SELECT count(*), min(credentials_expire_at)
+FROM provider_connections
+WHERE status = 'active'
+  AND credentials_expire_at IS NOT NULL
+  AND credentials_expire_at <= ?1
+  AND credential_type IN ('oauth2', 'link_token')
+  AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2);
+
+-- name: find_sealed_outside
+-- Rotation: connections whose credentials were not sealed under the key with this header.
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE encrypted_credentials IS NOT NULL
+  AND substr(encrypted_credentials, 1, length(?1)) <> ?1
+  AND (?2 IS NULL OR id > ?2)
+ORDER BY id
+LIMIT ?3;
+
+-- name: count_sealed_with
+SELECT count(*)
+FROM provider_connections
+WHERE encrypted_credentials IS NOT NULL
+  AND substr(encrypted_credentials, 1, length(?1)) = ?1;

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from uuid import UUID
+
+import pytest
+
+from linkvault.domain import (
+    ConnectionStatus,
+    CredentialType,
+    ProviderConnection,
+    ProviderCredentials,
+)
+from linkvault.errors import InvalidArgumentError
+from linkvault.stores import ConnectionStore
+from tests.conformance.test_repository import make, saved
+from tests.support import FakeClock
+
+LEASE = timedelta(minutes=5)
+HORIZON = timedelta(minutes=10)
+
+
+async def claim(
+    store: ConnectionStore, owner: str, limit: int = 100, max_failures: int = 5
+) -> set[UUID]:
+    claims = await store.claim_due(
+        owner, horizon=HORIZON, lease=LEASE, limit=limit, max_failures=max_failures
+    )
+    return {c.connection.id for c in claims}
+
+
+async def due(store: ConnectionStore, clock: FakeClock, minutes: float = 5) -> ProviderConnection:
+    return await saved(
+        store,
+        make(
+            clock,
+            status=ConnectionStatus.ACTIVE,
+            expires_at=clock.now + timedelta(minutes=minutes),
+        ),
+    )
+
+
+async def test_only_due_refreshable_active_connections_are_claimed(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    soon = await due(store, clock, 5)
+    overdue = await due(store, clock, -60)
+    await due(store, clock, 30)
+    await saved(store, make(clock, status=ConnectionStatus.EXPIRED, expires_at=clock.now))
+    api_key = make(clock)
+    api_key.mark_connected(
+        ProviderCredentials(b"k", CredentialType.API_KEY, clock.now), now=clock.now
+    )
+    await saved(store, api_key)
+    never = make(clock)
+    never.mark_connected(ProviderCredentials(b"k", CredentialType.OAUTH2, None), now=clock.now)
+    await saved(store, never)
+
+    claims = await store.claim_due("w1", horizon=HORIZON, lease=LEASE, limit=10, max_failures=5)
+
+    assert [c.connection.id for c in claims] == [overdue.id, soon.id]
+    assert all(c.failures == 0 for c in claims)
+    assert claims[0].connection == overdue
+
+
+async def test_a_leased_connection_is_not_claimed_again_until_the_lease_lapses(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    assert await claim(store, "w1") == {conn.id}
+    assert await claim(store, "w2") == set()
+
+    clock.advance(minutes=4, seconds=59)
+    assert await claim(store, "w2") == set()
+    clock.advance(seconds=1)
+    assert await claim(store, "w2") == {conn.id}
+    assert await store.finish_claim(conn.id, "w1", succeeded=True) is None
+
+
+async def test_concurrent_claimers_never_share_a_connection(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    ids = {(await due(store, clock, n / 10)).id for n in range(60)}
+
+    results = await asyncio.gather(*(claim(store, f"w{n}", limit=7) for n in range(12)))
+
+    claimed = [i for r in results for i in r]
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) == ids
+
+
+async def test_a_success_clears_the_lease_and_the_failures(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    await claim(store, "w1")
+    assert await store.finish_claim(conn.id, "w1", succeeded=False, error="503") == 1
+    clock.advance(minutes=1)
+    await claim(store, "w1")
+
+    assert await store.finish_claim(conn.id, "w1", succeeded=True) == 0
+
+    claims = await store.claim_due("w2", horizon=HORIZON, lease=LEASE, limit=5, max_failures=5)
+    assert [(c.connection.id, c.failures) for c in claims] == [(conn.id, 0)]
+
+
+async def test_a_failure_is_retried_only_from_its_next_attempt_time(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    await claim(store, "w1")
+    retry_at = clock.now + timedelta(seconds=30)
+
+    assert (
+        await store.finish_claim(
+            conn.id, "w1", succeeded=False, next_attempt_at=retry_at, error="HTTP 503"
+        )
+        == 1
+    )
+
+    assert await claim(store, "w2") == set()
+    clock.advance(seconds=30)
+    claims = await store.claim_due("w2", horizon=HORIZON, lease=LEASE, limit=5, max_failures=5)
+    assert [(c.connection.id, c.failures) for c in claims] == [(conn.id, 1)]
+
+
+async def test_a_connection_that_keeps_failing_is_no_longer_claimed(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    for _ in range(3):
+        assert await claim(store, "w1", max_failures=3) == {conn.id}
+        await store.finish_claim(conn.id, "w1", succeeded=False)
+
+    assert await claim(store, "w1", max_failures=3) == set()
+
+
+async def test_new_credentials_start_a_fresh_schedule(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    for _ in range(3):
+        await claim(store, "w1", max_failures=3)
+        await store.finish_claim(conn.id, "w1", succeeded=False)
+    conn.update_credentials(
+        ProviderCredentials(b"new", CredentialType.OAUTH2, clock.now + timedelta(minutes=1)),
+        now=clock.now,
+    )
+    await store.save(conn)
+
+    assert await claim(store, "w1", max_failures=3) == {conn.id}
+
+
+async def test_released_claims_can_be_taken_at_once_by_another_worker(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    a = await due(store, clock)
+    b = await due(store, clock, 6)
+    await claim(store, "w1")
+
+    await store.release_claims([a.id, b.id], "someone-else")
+    assert await claim(store, "w2") == set()
+    await store.release_claims([a.id, b.id], "w1")
+
+    assert await claim(store, "w2") == {a.id, b.id}
+
+
+async def test_the_backlog_counts_due_unleased_connections(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    oldest = await due(store, clock, -30)
+    await due(store, clock, 5)
+    await due(store, clock, 120)
+    backlog = await store.refresh_backlog(HORIZON)
+    assert backlog.unclaimed == 2
+    assert oldest.credentials is not None
+    assert backlog.oldest_due == oldest.credentials.expires_at
+
+    await claim(store, "w1", limit=1)
+
+    assert (await store.refresh_backlog(HORIZON)).unclaimed == 1
+
+
+async def test_a_bad_owner_is_refused(store: ConnectionStore) -> None:
+    with pytest.raises(InvalidArgumentError):
+        await claim(store, "")
+
+
+async def test_rotation_queries_select_by_blob_prefix(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    old: list[ProviderConnection] = []
+    new: list[ProviderConnection] = []
+    for n in range(6):
+        conn = make(clock)
+        header = b"\x01\x03old" if n % 2 else b"\x01\x03new"
+        conn.mark_connected(
+            ProviderCredentials(header + bytes([n]) * 40, CredentialType.OAUTH2), now=clock.now
+        )
+        (old if n % 2 else new).append(await saved(store, conn))
+    await saved(store, make(clock))
+
+    assert await store.count_sealed_with(b"\x01\x03old") == 3
+    assert await store.count_sealed_with(b"\x01\x03new") == 3
+    first = await store.find_sealed_outside(b"\x01\x03new", limit=2)
+    rest = await store.find_sealed_outside(b"\x01\x03new", after=first[-1].id, limit=2)
+    assert {c.id for c in first + rest} == {c.id for c in old}
+    assert len(first) == 2
+    assert len(rest) == 1
