@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -208,3 +208,21 @@ async def test_rotation_queries_select_by_blob_prefix(
     assert {c.id for c in first + rest} == {c.id for c in old}
     assert len(first) == 2
     assert len(rest) == 1
+
+
+async def test_one_connection_can_be_claimed_for_an_immediate_refresh(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock, 500)
+    pending = await saved(store, make(clock))
+
+    first = await store.claim_connection(conn.id, "api", lease=LEASE)
+    assert first is not None
+    assert first.connection == conn
+    assert await store.claim_connection(conn.id, "worker", lease=LEASE) is None
+    assert await claim(store, "worker") == set()
+    assert await store.claim_connection(pending.id, "api", lease=LEASE) is None
+    assert await store.claim_connection(uuid4(), "api", lease=LEASE) is None
+
+    await store.finish_claim(conn.id, "api", succeeded=True)
+    assert await store.claim_connection(conn.id, "worker", lease=LEASE) is not None

@@ -42,6 +42,10 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
         max_failures: int,
     ) -> list[Claim]: ...
 
+    async def claim_connection(
+        self, connection_id: UUID, owner: str, *, lease: timedelta
+    ) -> Claim | None: ...
+
     async def finish_claim(
         self,
         connection_id: UUID,

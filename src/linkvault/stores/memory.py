@@ -228,6 +228,22 @@ class InMemoryConnectionRepository:
                 claims.append(Claim(_copy(c), s.failures))
             return claims
 
+    async def claim_connection(
+        self, connection_id: UUID, owner: str, *, lease: timedelta
+    ) -> Claim | None:
+        """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
+        check_owner(owner)
+        async with self._lock:
+            now = self._clock()
+            c = self._rows.get(connection_id)
+            if c is None or c.status is not ConnectionStatus.ACTIVE:
+                return None
+            s = self._schedules.setdefault(connection_id, _Schedule())
+            if s.until is not None and s.until > now:
+                return None
+            s.owner, s.until = owner, now + lease
+            return Claim(_copy(c), s.failures)
+
     async def finish_claim(
         self,
         connection_id: UUID,

@@ -327,6 +327,15 @@ class PostgresConnectionRepository:
         rows = await self._call("claim_due", lambda c: c.fetch(query, *args, now + lease))
         return [Claim(row_to_connection(r), r[15]) for r in rows]
 
+    async def claim_connection(
+        self, connection_id: UUID, owner: str, *, lease: timedelta
+    ) -> Claim | None:
+        """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
+        now = self._clock()
+        query, args = _Q["claim_connection"], (connection_id, check_owner(owner), now, now + lease)
+        row = await self._call("claim_connection", lambda c: c.fetchrow(query, *args))
+        return None if row is None else Claim(row_to_connection(row), row[15])
+
     async def finish_claim(
         self,
         connection_id: UUID,

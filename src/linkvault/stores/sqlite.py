@@ -424,6 +424,16 @@ class SqliteConnectionRepository:
         claims.sort(key=lambda c: c.connection.credentials.expires_at)  # type: ignore[union-attr,return-value,arg-type]
         return claims
 
+    async def claim_connection(
+        self, connection_id: UUID, owner: str, *, lease: timedelta
+    ) -> Claim | None:
+        """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
+        now = self._clock()
+        query = _Q["claim_connection"]
+        args = (connection_id.bytes, check_owner(owner), to_micros(now), to_micros(now + lease))
+        row = await self._call("claim_connection", lambda db: db.execute(query, args).fetchone())
+        return None if row is None else Claim(row_to_connection(row), int(row[15]))
+
     async def finish_claim(
         self,
         connection_id: UUID,

@@ -145,3 +145,12 @@ SELECT count(*)
 FROM provider_connections
 WHERE encrypted_credentials IS NOT NULL
   AND substring(encrypted_credentials FROM 1 FOR length($1::bytea)) = $1::bytea;
+
+-- name: claim_connection
+-- Lease one ACTIVE connection for an immediate refresh, unless another worker holds it.
+UPDATE provider_connections
+SET refresh_lease_owner = $2, refresh_lease_until = $4
+WHERE id = $1
+  AND status = 'active'
+  AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)
+RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures;
