@@ -14,7 +14,12 @@ from uuid import UUID
 from linkvault.domain import Clock, ProviderConnection, utc_now
 from linkvault.errors import InvalidArgumentError
 from linkvault.ports import ProviderConnectionRepository
-from linkvault.stores.common import Claim, ConnectionFilter, RefreshBacklog
+from linkvault.stores.common import (
+    Claim,
+    ConnectionFilter,
+    PendingAuthorization,
+    RefreshBacklog,
+)
 
 DEFAULT_URL = "sqlite:///./linkvault.db"
 
@@ -65,6 +70,10 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
     ) -> list[ProviderConnection]: ...
 
     async def count_sealed_with(self, prefix: bytes) -> int: ...
+
+    async def put_state(self, pending: PendingAuthorization) -> None: ...
+
+    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None: ...
 
     async def migrate(self) -> list[int]: ...
 

@@ -63,3 +63,22 @@ def check_owner(owner: str) -> str:
     if not isinstance(owner, str) or not 0 < len(owner) <= 200:
         raise InvalidArgumentError("a lease owner is a non-empty name of at most 200 characters")
     return owner
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PendingAuthorization:
+    """What the OAuth2 callback needs to finish a connect: kept server-side, keyed by state."""
+
+    state_hash: bytes
+    connection_id: UUID
+    sealed_verifier: bytes
+    redirect_uri: str
+    return_to: str | None
+    created_at: datetime
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingAuthorization(connection_id={self.connection_id}, "
+            f"expires_at={self.expires_at.isoformat()})"
+        )

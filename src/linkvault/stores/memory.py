@@ -12,10 +12,11 @@ from typing import Self
 from uuid import UUID
 
 from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
-from linkvault.errors import NotFoundError, StaleConnectionError
+from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.stores.common import (
     Claim,
     ConnectionFilter,
+    PendingAuthorization,
     RefreshBacklog,
     check_limit,
     check_minutes,
@@ -47,6 +48,7 @@ class InMemoryConnectionRepository:
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._rows: dict[UUID, ProviderConnection] = {}
         self._schedules: dict[UUID, _Schedule] = {}
+        self._states: dict[bytes, PendingAuthorization] = {}
         self._clock = clock
         self._lock = asyncio.Lock()
         self._in_transaction = False
@@ -159,6 +161,8 @@ class InMemoryConnectionRepository:
         if self._rows.pop(connection_id, None) is None:
             raise NotFoundError(connection_id)
         self._schedules.pop(connection_id, None)
+        for key in [k for k, v in self._states.items() if v.connection_id == connection_id]:
+            del self._states[key]
 
     async def list_connections(
         self,
@@ -310,6 +314,23 @@ class InMemoryConnectionRepository:
             lambda c: c.credentials is not None and c.credentials.encrypted_data.startswith(prefix)
         )
         return len(rows)
+
+    async def put_state(self, pending: PendingAuthorization) -> None:
+        """Keep a pending authorization until its callback (or its expiry)."""
+        async with self._lock:
+            now = pending.created_at
+            for key in [k for k, v in self._states.items() if v.expires_at < now]:
+                del self._states[key]
+            if pending.connection_id not in self._rows:
+                raise ConstraintViolationError("put_state: the connection does not exist")
+            if pending.state_hash in self._states:
+                raise ConstraintViolationError("put_state: the state is already in use")
+            self._states[pending.state_hash] = pending
+
+    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
+        """Remove and return the pending authorization with this state hash (single use)."""
+        async with self._lock:
+            return self._states.pop(state_hash, None)
 
     async def migrate(self) -> list[int]:
         return []

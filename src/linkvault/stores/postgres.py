@@ -32,6 +32,7 @@ from linkvault.stores import queries
 from linkvault.stores.common import (
     Claim,
     ConnectionFilter,
+    PendingAuthorization,
     RefreshBacklog,
     check_limit,
     check_minutes,
@@ -376,6 +377,34 @@ class PostgresConnectionRepository:
         """How many connections hold credentials whose blob starts with `prefix`."""
         query = _Q["count_sealed_with"]
         return int(await self._call("count_sealed_with", lambda c: c.fetchval(query, prefix)))
+
+    async def put_state(self, pending: PendingAuthorization) -> None:
+        """Keep a pending authorization until its callback (or its expiry)."""
+        p = pending
+        args = (
+            p.state_hash,
+            p.connection_id,
+            p.sealed_verifier,
+            p.redirect_uri,
+            p.return_to,
+            p.created_at,
+            p.expires_at,
+        )
+        put, purge = _Q["put_state"], _Q["purge_states"]
+
+        async def run(conn: Conn) -> None:
+            await conn.execute(purge, p.created_at)
+            await conn.execute(put, *args)
+
+        await self._call("put_state", run)
+
+    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
+        """Remove and return the pending authorization with this state hash (single use)."""
+        query = _Q["take_state"]
+        row = await self._call("take_state", lambda c: c.fetchrow(query, state_hash))
+        if row is None:
+            return None
+        return PendingAuthorization(state_hash, row[0], row[1], row[2], row[3], row[4], row[5])
 
     # --- schema --------------------------------------------------------------
 

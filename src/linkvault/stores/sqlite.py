@@ -40,6 +40,7 @@ from linkvault.stores import queries
 from linkvault.stores.common import (
     Claim,
     ConnectionFilter,
+    PendingAuthorization,
     RefreshBacklog,
     check_limit,
     check_minutes,
@@ -481,6 +482,39 @@ class SqliteConnectionRepository:
             "count_sealed_with", lambda db: db.execute(query, (prefix,)).fetchone()
         )
         return int(row[0])
+
+    async def put_state(self, pending: PendingAuthorization) -> None:
+        """Keep a pending authorization until its callback (or its expiry)."""
+        p = pending
+        args = (
+            p.state_hash,
+            p.connection_id.bytes,
+            p.sealed_verifier,
+            p.redirect_uri,
+            p.return_to,
+            to_micros(p.created_at),
+            to_micros(p.expires_at),
+        )
+        put, purge = _Q["put_state"], _Q["purge_states"]
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(purge, (to_micros(p.created_at),))
+            db.execute(put, args)
+
+        await self._call("put_state", run)
+
+    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
+        """Remove and return the pending authorization with this state hash (single use)."""
+        query = _Q["take_state"]
+        row = await self._call("take_state", lambda db: db.execute(query, (state_hash,)).fetchone())
+        if row is None:
+            return None
+        created, expires = from_micros(row[4]), from_micros(row[5])
+        assert created is not None
+        assert expires is not None
+        return PendingAuthorization(
+            state_hash, UUID(bytes=row[0]), row[1], row[2], row[3], created, expires
+        )
 
     # --- schema --------------------------------------------------------------
 

@@ -151,3 +151,17 @@ WHERE id = ?1
   AND status = 'active'
   AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?3)
 RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures;
+
+-- name: put_state
+INSERT INTO oauth_states
+    (state_hash, connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7);
+
+-- name: take_state
+-- Single use: the row is gone once read, whether or not it had expired.
+DELETE FROM oauth_states
+WHERE state_hash = ?1
+RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at;
+
+-- name: purge_states
+DELETE FROM oauth_states WHERE expires_at < ?1;
