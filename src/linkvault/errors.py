@@ -38,6 +38,10 @@ class InvalidArgumentError(LinkvaultError, ValueError):
     """An argument outside what the operation accepts."""
 
 
+class InvalidStateError(InvalidArgumentError):
+    """An OAuth2 callback whose state is unknown, already used or expired."""
+
+
 # --- persistence -------------------------------------------------------------
 
 
@@ -86,3 +90,122 @@ class SchemaError(DatabaseError):
 
 class ConfigurationError(LinkvaultError):
     """Settings are missing or malformed."""
+
+
+# --- secrets -----------------------------------------------------------------
+
+
+class CryptoError(LinkvaultError):
+    """Encrypting or decrypting credentials failed."""
+
+
+class DecryptionError(CryptoError):
+    """A blob could not be opened: malformed, tampered with, or sealed for another connection."""
+
+
+class UnknownKeyError(DecryptionError):
+    """A blob names a key the key ring does not hold."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"the blob was sealed with key {key_id!r}, which is not in the key ring; "
+            "add that key to LINKVAULT_KEYS or the key file to open it"
+        )
+        self.key_id = key_id
+
+
+class KeyRingError(ConfigurationError):
+    """Encryption keys are missing or malformed."""
+
+
+class InvalidCredentialsError(InvalidConnectionError):
+    """A credential payload holds a value its type does not accept."""
+
+
+# --- providers and OAuth -----------------------------------------------------
+
+
+class ProviderConfigError(ConfigurationError):
+    """The provider registry file, or a provider's client settings, are malformed."""
+
+
+class UnknownProviderError(LinkvaultError, LookupError):
+    """No provider in the registry has that slug or id."""
+
+    def __init__(self, key: object) -> None:
+        super().__init__(f"no provider {key!s} in the registry")
+        self.key = key
+
+
+class OAuthError(LinkvaultError):
+    """A provider's token endpoint did not issue tokens.
+
+    Messages carry the provider, the operation, the HTTP status and the OAuth
+    `error` code, never a token, code, verifier or client secret.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status_code = status_code
+        self.error = error
+        self.description = description
+
+
+class InvalidGrantError(OAuthError):
+    """The grant (code or refresh token) is invalid, expired or already used: reconnect."""
+
+
+class UnauthorizedClientError(OAuthError):
+    """The provider refused the client itself (unknown id, wrong secret, not allowed)."""
+
+
+class RevokedError(OAuthError):
+    """The user or the provider revoked the grant."""
+
+
+class RateLimitedError(OAuthError):
+    """The provider asked to slow down; `retry_after` is in seconds when it said how long."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        provider: str | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            status_code=status_code,
+            error=error,
+            description=description,
+        )
+        self.retry_after = retry_after
+
+
+class ProviderUnavailableError(OAuthError):
+    """The provider could not answer: 5xx, timeout or network failure; try again later."""
+
+    retryable = True
+
+
+class MalformedResponseError(OAuthError):
+    """The provider answered success with a body that is not a usable token response."""
+
+    retryable = True
