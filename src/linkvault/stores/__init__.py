@@ -27,7 +27,7 @@ DEFAULT_URL = "sqlite:///./linkvault.db"
 class ConnectionStore(ProviderConnectionRepository, Protocol):
     """A repository that owns its resources: transactions, schema, close."""
 
-    def transaction(self) -> AbstractAsyncContextManager[ProviderConnectionRepository]: ...
+    def transaction(self) -> AbstractAsyncContextManager[ConnectionStore]: ...
 
     async def list_connections(
         self,

@@ -58,11 +58,30 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
 )
 
 
+def describe(exc: BaseException) -> str:
+    """What a driver error says, without the values it was given.
+
+    A server error's DETAIL repeats the failing row (credentials and alias included), and a
+    data error's message quotes the value it could not use: neither may reach a message.
+    """
+    if not isinstance(exc, asyncpg.PostgresError):
+        return f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    # Class 22 (data exceptions, asyncpg's own encoding errors included) quotes the value.
+    if exc.args and not str(exc.sqlstate or "22").startswith("22"):
+        text += f": {exc.args[0]}"
+    for name in ("table_name", "column_name", "constraint_name"):
+        value = getattr(exc, name, None)
+        if value:
+            text += f", {name.removesuffix('_name')} {value}"
+    return text
+
+
 def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
     """Map a driver or network error to linkvault's exception tree (never parameter values)."""
     if isinstance(exc, LinkvaultError):
         return exc
-    detail = f"{type(exc).__name__}: {exc}"
+    detail = describe(exc)
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.UndefinedColumnError):
         return SchemaError(
             f"{operation} failed: the linkvault schema is missing or outdated "
@@ -70,19 +89,28 @@ def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
         )
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return ConstraintViolationError(f"{operation} violated a database constraint: {detail}")
-    if isinstance(exc, _CONNECTION_LOST) or (
-        isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
-    ):
-        return DatabaseUnavailableError(f"{operation} failed: database unreachable: {detail}")
+    # TimeoutError is an OSError: tested first, for it is not a lost connection.
     if isinstance(exc, TimeoutError):
         return DatabaseUnavailableError(f"{operation} failed: database timed out")
+    if _is_connection_loss(exc):
+        return DatabaseUnavailableError(f"{operation} failed: database unreachable: {detail}")
     return DatabaseError(f"{operation} failed: {detail}")
 
 
 def _is_connection_loss(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return False
     return isinstance(exc, _CONNECTION_LOST) or (
         isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
     )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a pooled connection without asyncpg's reset query: one round trip per call.
+
+    linkvault leaves no session state behind (no SET, LISTEN, cursor or session-level
+    advisory lock), and asyncpg still rolls back a transaction left open before calling this.
+    """
 
 
 def row_to_connection(row: asyncpg.Record | Sequence[Any]) -> ProviderConnection:
@@ -165,6 +193,7 @@ class PostgresConnectionRepository:
                 max_size=max_size,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
+                reset=_keep_session,
             )
         except Exception as exc:
             raise translate_error(exc, "connecting to PostgreSQL") from exc
@@ -208,6 +237,10 @@ class PostgresConnectionRepository:
                     return await fn(conn)
             except Exception as exc:
                 if attempt == 1 and _is_connection_loss(exc):
+                    # A lost connection means a restart or a failover: the pool's other idle
+                    # connections are dead too, though asyncpg may not know it yet, and the
+                    # retry must not land on one of them.
+                    await self._pool.expire_connections()
                     continue
                 raise translate_error(exc, operation) from exc
         raise AssertionError("unreachable")

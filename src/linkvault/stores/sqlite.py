@@ -72,7 +72,10 @@ def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
     if isinstance(exc, sqlite3.IntegrityError):
         return ConstraintViolationError(f"{operation} violated a database constraint: {detail}")
     if isinstance(exc, sqlite3.OperationalError):
-        if message.startswith(("no such table", "no such column")):
+        # "has no column named" is what an INSERT says of a column the table lacks.
+        if message.startswith(("no such table", "no such column")) or (
+            "has no column named" in message
+        ):
             return SchemaError(
                 f"{operation} failed: the linkvault schema is missing or outdated "
                 f"(run `linkvault migrate`): {detail}"
