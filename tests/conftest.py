@@ -16,6 +16,8 @@ from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from tests.support import FakeClock
 
+pytest_plugins = ["tests.sandbox_fixtures"]
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

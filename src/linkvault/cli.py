@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
@@ -15,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.exceptions import TyperException
 
+from linkvault.cli_keys import keys_app
 from linkvault.domain import ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import LinkvaultError
 from linkvault.settings import Settings, load_settings
@@ -32,6 +35,7 @@ app = typer.Typer(
 )
 connections_app = typer.Typer(help="Inspect and manage connections.", no_args_is_help=True)
 app.add_typer(connections_app, name="connections")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -209,6 +213,115 @@ def connections_delete(
 
     run(with_store(database_url, work))
     out.print(f"Deleted {connection_id}.")
+
+
+providers_app = typer.Typer(help="The providers linkvault knows.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
+
+
+@providers_app.command("list")
+def providers_list(as_json: JsonOption = False) -> None:
+    """List the providers of the registry (built in, plus LINKVAULT_PROVIDERS_FILE)."""
+    from linkvault.providers import load_registry
+
+    current = settings()
+    registry = load_registry(current.providers_file, env=os.environ)
+    rows = [
+        {
+            "slug": p.slug,
+            "id": str(p.id),
+            "display_name": p.display_name,
+            "auth_style": p.auth_style.value,
+            "refreshes": p.refreshes,
+            "rotates_refresh_tokens": p.rotates_refresh_tokens,
+            "client_configured": p.client is not None,
+        }
+        for p in registry
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("slug", "name", "auth", "refreshes", "rotates", "client", "id")
+    for r in rows:
+        table.add_row(
+            str(r["slug"]),
+            str(r["display_name"]),
+            str(r["auth_style"]),
+            "yes" if r["refreshes"] else "no",
+            "yes" if r["rotates_refresh_tokens"] else "no",
+            "configured" if r["client_configured"] else "missing",
+            str(r["id"]),
+        )
+    out.print(table)
+
+
+@app.command()
+def worker(
+    database_url: DatabaseOption = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once nothing is due.")
+    ] = False,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=1000)] = None,
+    lease_seconds: Annotated[int | None, typer.Option(min=1, max=3600)] = None,
+    horizon_minutes: Annotated[int | None, typer.Option(min=0, max=1440)] = None,
+    idle_poll: Annotated[float | None, typer.Option(min=0.01, max=600)] = None,
+) -> None:
+    """Run the refresh worker until SIGTERM/SIGINT (in-flight refreshes finish first)."""
+    import dataclasses
+    from datetime import timedelta as td
+
+    from linkvault.runtime import Runtime
+
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    current = settings().model_copy(update=overrides)
+    configure_logging(current.log_level)
+
+    async def main_loop() -> None:
+        runtime = await Runtime.open(current)
+        try:
+            w = runtime.worker
+            changes: dict[str, Any] = {}
+            if concurrency is not None:
+                changes["concurrency"] = concurrency
+            if batch_size is not None:
+                changes["batch_size"] = batch_size
+            if lease_seconds is not None:
+                changes["lease"] = td(seconds=lease_seconds)
+            if horizon_minutes is not None:
+                changes["horizon"] = td(minutes=horizon_minutes)
+            if idle_poll is not None:
+                changes["idle_poll"] = idle_poll
+            w.policy = dataclasses.replace(w.policy, **changes)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await w.run(stop, until_idle=until_idle)
+            m = w.metrics
+            err.print(
+                f"linkvault worker: refreshed {m.refreshed}, other outcomes "
+                f"{m.failed_by_class() or 'none'}",
+                markup=False,
+                highlight=False,
+            )
+        finally:
+            await runtime.close()
+
+    run(main_loop())
+
+
+def configure_logging(level: str) -> None:
+    """Plain key=value lines on stderr; a deployment may install its own handlers instead."""
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _embedded(database_url: str | None) -> bool:

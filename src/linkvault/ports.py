@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from uuid import UUID
 
 from linkvault.domain import ProviderConnection
+
+if TYPE_CHECKING:
+    from linkvault.oauth import TokenResponse
+    from linkvault.providers import Provider
 
 
 @runtime_checkable
@@ -52,4 +57,20 @@ class Cipher(Protocol):
 
     def open(self, blob: bytes, *, connection_id: UUID) -> bytes:
         """Decrypt a blob sealed for this connection; raises DecryptionError."""
+        ...
+
+
+class TokenClient(Protocol):
+    """A provider's OAuth2 token endpoint."""
+
+    async def exchange_code(
+        self, provider: Provider, *, code: str, redirect_uri: str, code_verifier: str | None
+    ) -> TokenResponse:
+        """Trade an authorization code (and its PKCE verifier) for tokens."""
+        ...
+
+    async def refresh(
+        self, provider: Provider, *, refresh_token: str, scopes: Sequence[str] | None = None
+    ) -> TokenResponse:
+        """Trade a refresh token for new tokens (the refresh token may rotate)."""
         ...

@@ -23,9 +23,29 @@ class Settings(BaseSettings):
         default=None, description="key ring entries: id:base64url-32-bytes, comma separated"
     )
     key_file: Path | None = None
+    active_key_id: str | None = None
+    api_keys: SecretStr | None = Field(
+        default=None, description="API keys: name:scope+scope:sha256hex entries, comma separated"
+    )
+    api_key_file: Path | None = None
+    providers_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="base URL the OAuth2 callback is reached at"
+    )
     log_level: str = "INFO"
+    refresh_horizon_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    refresh_concurrency: int = Field(default=16, ge=1, le=1000)
+    refresh_batch_size: int = Field(default=100, ge=1, le=1000)
+    refresh_lease_seconds: int = Field(default=120, ge=5, le=3600)
+    refresh_max_attempts: int = Field(default=8, ge=1, le=100)
+    refresh_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+
+    @property
+    def base_url(self) -> str:
+        """Where this service is reached, for the OAuth2 redirect URI."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def is_embedded(self) -> bool:

@@ -1,0 +1,277 @@
+"""Connecting a user to a provider: OAuth2 authorization code with PKCE, or an API key at once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+from uuid import UUID
+
+from linkvault.credentials import (
+    ApiKeyCredentials,
+    CredentialPayload,
+    OAuth2Tokens,
+    seal_credentials,
+)
+from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
+from linkvault.errors import (
+    ConfigurationError,
+    DecryptionError,
+    InvalidArgumentError,
+    InvalidStateError,
+    InvalidTransitionError,
+    NotFoundError,
+    OAuthError,
+)
+from linkvault.oauth import (
+    TokenResponse,
+    build_authorize_url,
+    code_challenge_s256,
+    generate_code_verifier,
+    generate_state,
+)
+from linkvault.ports import Cipher
+from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.stores import ConnectionStore
+from linkvault.stores.common import PendingAuthorization
+
+STATE_TTL = timedelta(minutes=10)
+
+
+class CodeExchanger(Protocol):
+    """The part of the token client the connect flow needs."""
+
+    async def exchange_code(
+        self, provider: Provider, *, code: str, redirect_uri: str, code_verifier: str | None
+    ) -> TokenResponse: ...
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AuthorizationStart:
+    """Where to send the user, for which connection, until when."""
+
+    connection: ProviderConnection
+    authorize_url: str
+
+    def __repr__(self) -> str:
+        return f"AuthorizationStart(connection_id={self.connection.id})"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackResult:
+    """How a callback ended: the connection, where to send the user, and what went wrong."""
+
+    connection: ProviderConnection
+    return_to: str | None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+def hash_state(state: str) -> bytes:
+    """States are stored hashed: a database read does not yield a usable callback."""
+    return hashlib.sha256(state.encode("utf-8")).digest()
+
+
+class ConnectService:
+    """Starts and completes connections; every change goes through the domain's verbs."""
+
+    def __init__(
+        self,
+        store: ConnectionStore,
+        registry: ProviderRegistry,
+        tokens: CodeExchanger,
+        cipher: Cipher,
+        *,
+        clock: Clock = utc_now,
+        state_ttl: timedelta = STATE_TTL,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.tokens = tokens
+        self.cipher = cipher
+        self.clock = clock
+        self.state_ttl = state_ttl
+
+    async def start_oauth(
+        self,
+        *,
+        user_id: UUID,
+        provider_slug: str,
+        redirect_uri: str,
+        alias: str | None = None,
+        scopes: Sequence[str] | None = None,
+        return_to: str | None = None,
+    ) -> AuthorizationStart:
+        """Create a PENDING connection and the URL that asks the user for consent."""
+        provider = self._oauth_provider(provider_slug)
+        now = self.clock()
+        conn = ProviderConnection(
+            user_id=user_id,
+            provider_id=provider.id,
+            provider_slug=provider.slug,
+            alias=alias,
+            created_at=now,
+            updated_at=now,
+        )
+        return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
+
+    async def reconnect(
+        self,
+        connection_id: UUID,
+        *,
+        redirect_uri: str,
+        scopes: Sequence[str] | None = None,
+        return_to: str | None = None,
+    ) -> AuthorizationStart:
+        """Send the user through consent again for an expired, revoked or failed connection."""
+        conn = await self.store.find_by_id(connection_id)
+        if conn is None:
+            raise NotFoundError(connection_id)
+        if conn.status not in (
+            ConnectionStatus.PENDING,
+            ConnectionStatus.EXPIRED,
+            ConnectionStatus.REVOKED,
+            ConnectionStatus.FAILED,
+        ):
+            raise InvalidTransitionError(conn.status.value, None, "reconnect")
+        provider = self._oauth_provider(conn.provider_slug)
+        return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
+
+    async def complete_oauth(
+        self,
+        *,
+        state: str,
+        code: str | None = None,
+        error: str | None = None,
+    ) -> CallbackResult:
+        """Finish a connect from the provider's callback; the state works once."""
+        if not state:
+            raise InvalidStateError("the callback carries no state")
+        pending = await self.store.take_state(hash_state(state))
+        if pending is None:
+            raise InvalidStateError("unknown or already used state: start the connection again")
+        conn = await self.store.find_by_id(pending.connection_id)
+        if conn is None:
+            raise InvalidStateError("the connection of this authorization no longer exists")
+        now = self.clock()
+        if now > pending.expires_at:
+            return await self._fail(conn, pending, "the authorization expired: start again")
+        if error:
+            text = "access was denied at the provider" if error == "access_denied" else error
+            return await self._fail(conn, pending, f"{text}: start again to retry")
+        if not code:
+            return await self._fail(conn, pending, "the provider sent no authorization code")
+        try:
+            provider = self.registry.by_id(conn.provider_id)
+            verifier = self.cipher.open(pending.sealed_verifier, connection_id=conn.id).decode()
+            response = await self.tokens.exchange_code(
+                provider,
+                code=code,
+                redirect_uri=pending.redirect_uri,
+                code_verifier=verifier if provider.pkce else None,
+            )
+        except OAuthError as exc:
+            return await self._fail(conn, pending, f"the provider refused the code: {exc}")
+        except (DecryptionError, ConfigurationError) as exc:
+            return await self._fail(conn, pending, f"linkvault could not finish: {exc}")
+        tokens = OAuth2Tokens(
+            access_token=response.access_token,
+            refresh_token=response.refresh_token,
+            token_type=response.token_type,
+            scope=response.scope,
+            expires_at=response.expires_at(now),
+        )
+        conn.mark_connected(
+            seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher), now=now
+        )
+        await self.store.save(conn)
+        return CallbackResult(conn, pending.return_to)
+
+    async def connect_with_credentials(
+        self,
+        *,
+        user_id: UUID,
+        provider_slug: str,
+        credentials: CredentialPayload,
+        alias: str | None = None,
+    ) -> ProviderConnection:
+        """Connect at once with credentials the user handed over (an API key, say)."""
+        provider = self.registry.get(provider_slug)
+        if provider.auth_style is AuthStyle.OAUTH2:
+            raise InvalidArgumentError(
+                f"provider {provider.slug!r} connects through OAuth2, not with a key"
+            )
+        if provider.auth_style is AuthStyle.API_KEY and not isinstance(
+            credentials, ApiKeyCredentials
+        ):
+            raise InvalidArgumentError(f"provider {provider.slug!r} needs an API key")
+        now = self.clock()
+        conn = ProviderConnection(
+            user_id=user_id,
+            provider_id=provider.id,
+            provider_slug=provider.slug,
+            alias=alias,
+            created_at=now,
+            updated_at=now,
+        )
+        conn.mark_connected(
+            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher), now=now
+        )
+        await self.store.save(conn)
+        return conn
+
+    # --- internals -----------------------------------------------------------
+
+    def _oauth_provider(self, slug: str) -> Provider:
+        provider = self.registry.get(slug)
+        if provider.auth_style is not AuthStyle.OAUTH2:
+            raise InvalidArgumentError(
+                f"provider {provider.slug!r} does not use OAuth2: connect it with its credentials"
+            )
+        return provider
+
+    async def _authorize(
+        self,
+        conn: ProviderConnection,
+        provider: Provider,
+        redirect_uri: str,
+        scopes: Sequence[str] | None,
+        return_to: str | None,
+    ) -> AuthorizationStart:
+        state, verifier = generate_state(), generate_code_verifier()
+        url = build_authorize_url(
+            provider,
+            redirect_uri=redirect_uri,
+            state=state,
+            code_challenge=code_challenge_s256(verifier) if provider.pkce else None,
+            scopes=scopes,
+        )
+        now = self.clock()
+        pending = PendingAuthorization(
+            state_hash=hash_state(state),
+            connection_id=conn.id,
+            sealed_verifier=self.cipher.seal(verifier.encode(), connection_id=conn.id),
+            redirect_uri=redirect_uri,
+            return_to=return_to,
+            created_at=now,
+            expires_at=now + self.state_ttl,
+        )
+        async with self.store.transaction() as repo:
+            if conn.version == 0:
+                await repo.save(conn)
+            await repo.put_state(pending)
+        return AuthorizationStart(conn, url)
+
+    async def _fail(
+        self, conn: ProviderConnection, pending: PendingAuthorization, reason: str
+    ) -> CallbackResult:
+        # Only a first connect can fail in the table; a reconnect keeps its earlier status.
+        if conn.status is ConnectionStatus.PENDING:
+            conn.mark_failed(reason, now=self.clock())
+            await self.store.save(conn)
+        return CallbackResult(conn, pending.return_to, reason)

@@ -1,0 +1,97 @@
+"""Everything a running linkvault needs, assembled from one Settings object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import TracebackType
+from typing import Self
+
+from linkvault.connect import ConnectService
+from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
+from linkvault.domain import Clock, utc_now
+from linkvault.oauth import HttpxTokenClient
+from linkvault.providers import ProviderRegistry, load_registry
+from linkvault.refresher import RefreshPolicy, RefreshWorker
+from linkvault.settings import Settings
+from linkvault.stores import ConnectionStore, open_store
+
+
+def refresh_policy(settings: Settings) -> RefreshPolicy:
+    """The refresh worker's policy as the settings describe it."""
+    return RefreshPolicy(
+        horizon=timedelta(minutes=settings.refresh_horizon_minutes),
+        lease=timedelta(seconds=settings.refresh_lease_seconds),
+        batch_size=settings.refresh_batch_size,
+        concurrency=settings.refresh_concurrency,
+        max_attempts=settings.refresh_max_attempts,
+    )
+
+
+@dataclass
+class Runtime:
+    """The store, keys, providers, token client and services of one process."""
+
+    settings: Settings
+    store: ConnectionStore
+    keyring: KeyRing
+    cipher: AesGcmCipher
+    registry: ProviderRegistry
+    tokens: HttpxTokenClient
+    connect: ConnectService
+    worker: RefreshWorker
+    clock: Clock = field(default=utc_now)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        env: Mapping[str, str] | None = None,
+        migrate: bool | None = None,
+        check_schema: bool = True,
+        clock: Clock = utc_now,
+    ) -> Self:
+        """Open the store and build the services; embedded SQLite migrates itself by default."""
+        environ = os.environ if env is None else env
+        embedded = settings.is_embedded
+        keyring = keyring_from_settings(
+            settings.keys.get_secret_value() if settings.keys else None,
+            settings.key_file,
+            embedded=embedded,
+            active=settings.active_key_id,
+        )
+        registry = load_registry(settings.providers_file, env=environ)
+        cipher = AesGcmCipher(keyring)
+        store = await open_store(
+            settings.database_url, clock=clock, migrate=embedded if migrate is None else migrate
+        )
+        try:
+            if check_schema:
+                await store.check_schema()
+        except BaseException:
+            await store.close()
+            raise
+        tokens = HttpxTokenClient(timeout=settings.refresh_timeout_seconds, clock=clock)
+        connect = ConnectService(store, registry, tokens, cipher, clock=clock)
+        worker = RefreshWorker(
+            store, registry, tokens, cipher, policy=refresh_policy(settings), clock=clock
+        )
+        return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
+
+    async def close(self) -> None:
+        await self.tokens.aclose()
+        await self.store.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,454 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from linkvault.errors import (
+    InvalidGrantError,
+    MalformedResponseError,
+    OAuthError,
+    ProviderConfigError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    RevokedError,
+    UnauthorizedClientError,
+)
+from linkvault.oauth import (
+    HttpxTokenClient,
+    TokenResponse,
+    build_authorize_url,
+    code_challenge_s256,
+    generate_code_verifier,
+    generate_state,
+    parse_retry_after,
+    sanitize_description,
+)
+from linkvault.providers import Provider, TokenEndpointAuth, load_registry
+from linkvault.sandbox import DEFAULT_CLIENT_SECRET, RunningSandbox
+from tests.sandbox_fixtures import drive_consent, running_sandbox
+
+__all__ = ["running_sandbox"]
+
+REDIRECT = "http://127.0.0.1:9/callback"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpxTokenClient]:
+    async with HttpxTokenClient(timeout=5.0, clock=lambda: NOW) as token_client:
+        yield token_client
+
+
+async def authorized_code(provider: Provider, verifier: str, state: str) -> dict[str, str]:
+    url = build_authorize_url(
+        provider,
+        redirect_uri=REDIRECT,
+        state=state,
+        code_challenge=code_challenge_s256(verifier),
+    )
+    return await drive_consent(url)
+
+
+def seeded_refresh_token(running: RunningSandbox) -> str:
+    [grant] = running.sandbox.seed_grants(["alice"])
+    token: str = grant["refresh_token"]
+    return token
+
+
+def assert_no_secret(error: BaseException, *secrets: str) -> None:
+    for text in (str(error), repr(error), str(error.args)):
+        for secret in secrets:
+            assert secret not in text
+
+
+# --- pure helpers --------------------------------------------------------------
+
+
+def test_a_code_verifier_is_43_to_128_unreserved_characters() -> None:
+    short, long = generate_code_verifier(43), generate_code_verifier(128)
+
+    assert (len(short), len(long)) == (43, 128)
+    assert set(short + long) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+    )
+    assert generate_code_verifier() != generate_code_verifier()
+    with pytest.raises(ValueError, match="43 to 128"):
+        generate_code_verifier(42)
+
+
+def test_the_s256_challenge_matches_the_rfc_7636_example() -> None:
+    challenge = code_challenge_s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+
+    assert challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def test_a_challenge_refuses_a_verifier_outside_the_rfc_alphabet() -> None:
+    with pytest.raises(ValueError, match="unreserved"):
+        code_challenge_s256("not a verifier" * 4)
+
+
+def test_the_authorize_url_carries_client_state_scope_and_pkce() -> None:
+    env = {
+        "LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid",
+        "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "cs",
+    }
+    provider = load_registry(env=env).get("sandbox")
+    state = generate_state()
+
+    url = build_authorize_url(
+        provider,
+        redirect_uri=REDIRECT,
+        state=state,
+        code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        scopes=["accounts:read", "trades:write"],
+        extra_params={"login_hint": "bob"},
+    )
+
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == provider.authorize_url
+    assert query == {
+        "response_type": "code",
+        "client_id": "cid",
+        "redirect_uri": REDIRECT,
+        "scope": "accounts:read trades:write",
+        "state": state,
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "login_hint": "bob",
+    }
+    assert "cs" not in query.values()
+
+
+def test_the_authorize_url_omits_scope_when_the_provider_has_none() -> None:
+    env = {"LINKVAULT_PROVIDER_SCHWAB_CLIENT_ID": "app-key"}
+    schwab = load_registry(env=env).get("schwab")
+
+    url = build_authorize_url(schwab, redirect_uri=REDIRECT, state="s", code_challenge="c" * 43)
+
+    assert url.startswith("https://api.schwabapi.com/v1/oauth/authorize?")
+    assert "scope=" not in url
+
+
+def test_the_authorize_url_needs_client_credentials() -> None:
+    schwab = load_registry().get("schwab")
+
+    with pytest.raises(ProviderConfigError, match="LINKVAULT_PROVIDER_SCHWAB_CLIENT_ID"):
+        build_authorize_url(schwab, redirect_uri=REDIRECT, state="s", code_challenge="c" * 43)
+
+
+def test_the_authorize_url_needs_a_challenge_for_a_pkce_provider() -> None:
+    provider = load_registry(env={"LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid"}).get("sandbox")
+
+    with pytest.raises(ProviderConfigError, match="PKCE"):
+        build_authorize_url(provider, redirect_uri=REDIRECT, state="s", code_challenge=None)
+
+
+def test_a_token_response_hides_its_tokens_and_computes_its_expiry() -> None:
+    tokens = TokenResponse("access-abc", "Bearer", "refresh-xyz", 1800, "accounts:read")
+
+    assert "access-abc" not in repr(tokens)
+    assert "refresh-xyz" not in str(tokens)
+    assert tokens.expires_at(NOW) == NOW + timedelta(minutes=30)
+    assert TokenResponse("a").expires_at(NOW) is None
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert parse_retry_after("7", NOW) == 7.0
+    assert parse_retry_after("Sun, 01 Mar 2026 12:01:30 GMT", NOW) == 90.0
+    assert parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", NOW) == 0.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after("-3", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+def test_a_provider_description_loses_secrets_markup_and_length() -> None:
+    text = 'refresh token r3fr3sh-t0ken was bad <b>"x"</b> ' + "A1" * 20 + " " + "z " * 200
+
+    cleaned = sanitize_description(text, ["r3fr3sh-t0ken"])
+
+    assert "r3fr3sh-t0ken" not in cleaned
+    assert "A1A1" not in cleaned
+    assert '"' not in cleaned
+    assert len(cleaned) <= 200
+    assert cleaned.startswith("refresh token [redacted] was bad")
+
+
+# --- against the sandbox -------------------------------------------------------
+
+
+async def test_a_full_authorization_code_exchange_with_pkce_yields_working_tokens(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    provider = running_sandbox.provider()
+    verifier, state = generate_code_verifier(), generate_state()
+    answer = await authorized_code(provider, verifier, state)
+
+    tokens = await client.exchange_code(
+        provider, code=answer["code"], redirect_uri=REDIRECT, code_verifier=verifier
+    )
+
+    assert answer["state"] == state
+    assert tokens.token_type == "Bearer"
+    assert tokens.refresh_token
+    assert tokens.expires_in == 1800
+    assert tokens.scope == "accounts:read"
+    async with httpx.AsyncClient() as http:
+        me = await http.get(
+            f"{running_sandbox.url}/api/me",
+            headers={"Authorization": f"Bearer {tokens.access_token}"},
+        )
+    assert me.json()["subject"] == "sandbox-user"
+
+
+async def test_a_wrong_pkce_verifier_is_an_invalid_grant(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    provider = running_sandbox.provider()
+    answer = await authorized_code(provider, generate_code_verifier(), "s")
+    wrong = generate_code_verifier()
+
+    with pytest.raises(InvalidGrantError) as caught:
+        await client.exchange_code(
+            provider, code=answer["code"], redirect_uri=REDIRECT, code_verifier=wrong
+        )
+
+    assert caught.value.error == "invalid_grant"
+    assert caught.value.status_code == 400
+    assert not caught.value.retryable
+    assert_no_secret(caught.value, answer["code"], wrong, DEFAULT_CLIENT_SECRET)
+
+
+async def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    provider = running_sandbox.provider()
+    old = seeded_refresh_token(running_sandbox)
+
+    renewed = await client.refresh(provider, refresh_token=old)
+    with pytest.raises(InvalidGrantError) as caught:
+        await client.refresh(provider, refresh_token=old)
+
+    assert renewed.refresh_token not in (None, old)
+    assert "refresh token already used" in str(caught.value)
+    assert_no_secret(caught.value, old, DEFAULT_CLIENT_SECRET)
+    stats = running_sandbox.sandbox.stats()
+    assert stats["issued"] == {"refresh_token": 1}
+    assert stats["refused"] == {"refresh_token": {"refresh_token_reused": 1}}
+
+
+async def test_a_refresh_without_a_new_refresh_token_reports_none(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.settings.rotate_refresh_tokens = False
+    running_sandbox.sandbox.settings.echo_refresh_token = False
+
+    renewed = await client.refresh(
+        running_sandbox.provider(), refresh_token=seeded_refresh_token(running_sandbox)
+    )
+
+    assert renewed.refresh_token is None
+    assert renewed.access_token
+
+
+@pytest.mark.parametrize("auth", list(TokenEndpointAuth))
+async def test_both_client_authentication_methods_work(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient, auth: TokenEndpointAuth
+) -> None:
+    provider = running_sandbox.provider(token_endpoint_auth=auth)
+
+    renewed = await client.refresh(provider, refresh_token=seeded_refresh_token(running_sandbox))
+
+    assert renewed.access_token
+
+
+@pytest.mark.parametrize("auth", list(TokenEndpointAuth))
+async def test_a_wrong_client_secret_is_an_unauthorized_client(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient, auth: TokenEndpointAuth
+) -> None:
+    provider = running_sandbox.provider(
+        client_secret="wrong-secret-value", token_endpoint_auth=auth
+    )
+    token = seeded_refresh_token(running_sandbox)
+
+    with pytest.raises(UnauthorizedClientError) as caught:
+        await client.refresh(provider, refresh_token=token)
+
+    assert caught.value.status_code == 401
+    assert caught.value.error == "invalid_client"
+    assert_no_secret(caught.value, "wrong-secret-value", token)
+    assert running_sandbox.sandbox.stats()["refused"] == {"refresh_token": {"invalid_client": 1}}
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_a_server_error_is_provider_unavailable(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient, status: int
+) -> None:
+    running_sandbox.sandbox.inject_fault("server_error", status=status)
+    token = seeded_refresh_token(running_sandbox)
+
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await client.refresh(running_sandbox.provider(), refresh_token=token)
+
+    assert caught.value.status_code == status
+    assert caught.value.retryable
+    assert_no_secret(caught.value, token, DEFAULT_CLIENT_SECRET)
+
+
+async def test_a_429_is_rate_limited_with_its_retry_after(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.inject_fault("rate_limited", retry_after=7)
+
+    with pytest.raises(RateLimitedError) as caught:
+        await client.refresh(
+            running_sandbox.provider(), refresh_token=seeded_refresh_token(running_sandbox)
+        )
+
+    assert caught.value.retry_after == 7.0
+    assert caught.value.status_code == 429
+    assert caught.value.retryable
+
+
+async def test_a_slow_answer_times_out_as_provider_unavailable(
+    running_sandbox: RunningSandbox,
+) -> None:
+    running_sandbox.sandbox.inject_fault("slow", delay=0.5)
+    token = seeded_refresh_token(running_sandbox)
+
+    async with HttpxTokenClient(timeout=0.1) as impatient:
+        with pytest.raises(ProviderUnavailableError, match=r"timed out after 0\.1s") as caught:
+            await impatient.refresh(running_sandbox.provider(), refresh_token=token)
+
+    assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+    assert_no_secret(caught.value, token)
+
+
+async def test_an_injected_invalid_grant_is_an_invalid_grant(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.inject_fault("invalid_grant")
+
+    with pytest.raises(InvalidGrantError):
+        await client.refresh(
+            running_sandbox.provider(), refresh_token=seeded_refresh_token(running_sandbox)
+        )
+
+
+async def test_an_access_denied_answer_is_revoked(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.inject_fault("revoked")
+
+    with pytest.raises(RevokedError) as caught:
+        await client.refresh(
+            running_sandbox.provider(), refresh_token=seeded_refresh_token(running_sandbox)
+        )
+
+    assert caught.value.error == "access_denied"
+
+
+async def test_an_unauthorized_client_answer_is_unauthorized_client(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.inject_fault("unauthorized_client")
+
+    with pytest.raises(UnauthorizedClientError):
+        await client.refresh(
+            running_sandbox.provider(), refresh_token=seeded_refresh_token(running_sandbox)
+        )
+
+
+async def test_a_success_with_a_body_that_is_not_json_is_malformed(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.inject_fault("malformed")
+    token = seeded_refresh_token(running_sandbox)
+
+    with pytest.raises(MalformedResponseError, match="not JSON") as caught:
+        await client.refresh(running_sandbox.provider(), refresh_token=token)
+
+    assert caught.value.status_code == 200
+    assert_no_secret(caught.value, token)
+
+
+async def test_a_scope_wider_than_the_grant_is_a_plain_oauth_error(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    with pytest.raises(OAuthError) as caught:
+        await client.refresh(
+            running_sandbox.provider(),
+            refresh_token=seeded_refresh_token(running_sandbox),
+            scopes=["accounts:read", "admin"],
+        )
+
+    assert type(caught.value) is OAuthError
+    assert caught.value.error == "invalid_scope"
+    assert not caught.value.retryable
+
+
+async def test_a_narrower_scope_can_be_asked_on_refresh(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    running_sandbox.sandbox.default_scope = "accounts:read trades:read"
+
+    renewed = await client.refresh(
+        running_sandbox.provider(),
+        refresh_token=seeded_refresh_token(running_sandbox),
+        scopes=["accounts:read"],
+    )
+
+    assert renewed.scope == "accounts:read"
+
+
+async def test_a_revoked_token_can_no_longer_refresh(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    provider = running_sandbox.provider()
+    token = seeded_refresh_token(running_sandbox)
+
+    await client.revoke(provider, token=token)
+
+    with pytest.raises(InvalidGrantError, match="revoked"):
+        await client.refresh(provider, refresh_token=token)
+
+
+async def test_a_closed_port_is_provider_unavailable(client: HttpxTokenClient) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = load_registry(
+        env={
+            "LINKVAULT_PROVIDER_SANDBOX_BASE_URL": f"http://127.0.0.1:{port}",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "closed-port-secret",
+        }
+    ).get("sandbox")
+
+    with pytest.raises(ProviderUnavailableError, match="ConnectError") as caught:
+        await client.refresh(provider, refresh_token="rt-closed-port-0123456789")
+
+    assert_no_secret(caught.value, "closed-port-secret", "rt-closed-port-0123456789")
+
+
+async def test_refreshing_without_client_credentials_names_the_variables(
+    client: HttpxTokenClient,
+) -> None:
+    with pytest.raises(ProviderConfigError, match="LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET"):
+        await client.refresh(load_registry().get("sandbox"), refresh_token="rt")
+
+
+async def test_a_registry_provider_pointed_at_the_sandbox_refreshes(
+    running_sandbox: RunningSandbox, client: HttpxTokenClient
+) -> None:
+    provider = load_registry(env=running_sandbox.env()).get("sandbox")
+
+    renewed = await client.refresh(provider, refresh_token=seeded_refresh_token(running_sandbox))
+
+    assert renewed.access_token
+    assert "sandbox-secret" not in repr(provider)
