@@ -313,6 +313,88 @@ def worker(
     run(main_loop())
 
 
+@app.command()
+def serve(
+    database_url: DatabaseOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.", min=0, max=65535)] = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve the API without the refresh worker.")
+    ] = False,
+) -> None:
+    """Serve the HTTP API and the refresh worker (SQLite ./linkvault.db unless configured)."""
+    from linkvault.access import access_from_settings
+    from linkvault.api import serve as serve_api
+    from linkvault.runtime import Runtime
+
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    current = settings().model_copy(update=overrides)
+    configure_logging(current.log_level)
+
+    def announce(message: str) -> None:
+        err.print(message, markup=False, highlight=False)
+
+    async def main_loop() -> None:
+        access = access_from_settings(current, announce=announce)
+        runtime = await Runtime.open(current)
+        try:
+            base = f"http://{current.host}:{current.port}"
+            err.print(
+                f"linkvault: serving {redact_url(current.database_url)} — API {base}/v1, "
+                f"docs {base}/docs, health {base}/v1/health"
+                + ("" if no_worker else "; refresh worker running"),
+                markup=False,
+                highlight=False,
+            )
+            await serve_api(
+                runtime,
+                access,
+                host=current.host,
+                port=current.port,
+                run_worker=not no_worker,
+                log_level=current.log_level.lower(),
+            )
+        finally:
+            await runtime.close()
+
+    run(main_loop())
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    access_token_ttl: Annotated[float, typer.Option(min=1)] = 1800.0,
+    no_rotation: Annotated[
+        bool, typer.Option("--no-rotation", help="Keep refresh tokens on refresh.")
+    ] = False,
+) -> None:
+    """Run the sandbox OAuth2 provider (for demos and tests; loopback only)."""
+    from linkvault import sandbox as sb
+
+    config = sb.SandboxConfig(
+        settings=sb.SandboxSettings(
+            access_token_ttl=access_token_ttl, rotate_refresh_tokens=not no_rotation
+        )
+    )
+
+    def ready(url: str) -> None:
+        err.print(
+            f"linkvault sandbox: listening at {url} (client id {sb.DEFAULT_CLIENT_ID}); "
+            "stop with Ctrl-C",
+            markup=False,
+            highlight=False,
+        )
+
+    sb.serve_sandbox(host, port, config=config, on_ready=ready)
+
+
 def configure_logging(level: str) -> None:
     """Plain key=value lines on stderr; a deployment may install its own handlers instead."""
     import logging

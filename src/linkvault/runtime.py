@@ -13,7 +13,7 @@ from linkvault.connect import ConnectService
 from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
 from linkvault.domain import Clock, utc_now
 from linkvault.oauth import HttpxTokenClient
-from linkvault.providers import ProviderRegistry, load_registry
+from linkvault.providers import ClientCredentials, ProviderRegistry, load_registry
 from linkvault.refresher import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings
 from linkvault.stores import ConnectionStore, open_store
@@ -28,6 +28,19 @@ def refresh_policy(settings: Settings) -> RefreshPolicy:
         concurrency=settings.refresh_concurrency,
         max_attempts=settings.refresh_max_attempts,
     )
+
+
+def with_sandbox_client(registry: ProviderRegistry) -> ProviderRegistry:
+    """Give the built-in loopback sandbox its demo client when none is configured."""
+    if "sandbox" not in registry:
+        return registry
+    provider = registry.get("sandbox")
+    if provider.client is not None:
+        return registry
+    from linkvault.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+
+    demo = ClientCredentials(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+    return registry.replace(provider.with_client(demo))
 
 
 @dataclass
@@ -63,7 +76,7 @@ class Runtime:
             embedded=embedded,
             active=settings.active_key_id,
         )
-        registry = load_registry(settings.providers_file, env=environ)
+        registry = with_sandbox_client(load_registry(settings.providers_file, env=environ))
         cipher = AesGcmCipher(keyring)
         store = await open_store(
             settings.database_url, clock=clock, migrate=embedded if migrate is None else migrate
