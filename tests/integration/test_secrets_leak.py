@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from linkvault.credentials import (
 )
 from linkvault.crypto import (
     AesGcmCipher,
+    blob_key_id,
     generate_key,
     keyring_from_settings,
     load_or_create_key_file,
@@ -29,6 +33,7 @@ from linkvault.crypto import (
 )
 from linkvault.domain import CredentialType, ProviderConnection, ProviderCredentials
 from linkvault.errors import DecryptionError, InvalidCredentialsError, LinkvaultError
+from linkvault.rotation import KeyInUseError, retire, rotate
 from linkvault.stores import ConnectionStore
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository
@@ -45,6 +50,7 @@ Dump = Callable[[], Awaitable[tuple[list[tuple[object, ...]], list[str]]]]
 class Backend:
     store: ConnectionStore
     dump: Dump
+    url: str
 
 
 @pytest.fixture
@@ -66,7 +72,7 @@ async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         return rows, [repr(row) for row in text]
 
     try:
-        yield Backend(repo, dump)
+        yield Backend(repo, dump, f"sqlite:///{path}")
     finally:
         await repo.close()
 
@@ -85,7 +91,7 @@ async def postgres_backend(postgres_url: str) -> AsyncIterator[Backend]:
         return [tuple(r.values()) for r in rows], [r[0] for r in text]
 
     try:
-        yield Backend(repo, dump)
+        yield Backend(repo, dump, postgres_url)
     finally:
         await repo.close()
 
@@ -140,6 +146,23 @@ def tampered(credentials: ProviderCredentials) -> ProviderCredentials:
     return ProviderCredentials(data[:-1] + bytes([data[-1] ^ 1]), credentials.credential_type)
 
 
+class StopRotationError(Exception):
+    pass
+
+
+def keys_cli(*args: str, url: str, keys: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LINKVAULT_")}
+    environ.update(LINKVAULT_KEYS=keys, LINKVAULT_LOG_LEVEL="DEBUG", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "linkvault.cli", "keys", *args, "-d", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        check=False,
+    )
+
+
 def exception_texts(exc: BaseException) -> list[str]:
     texts = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
     for linked in (exc.__cause__, exc.__context__):
@@ -155,11 +178,12 @@ async def test_full_secret_cycle_leaks_nothing_to_logs_reprs_errors_or_the_table
     logging.getLogger("asyncio").setLevel(logging.DEBUG)
 
     entry = generate_key("leak-1")
+    next_entry = generate_key("leak-2")
     embedded_file = tmp_path / "embedded.keys"
     embedded_ring = load_or_create_key_file(embedded_file)
     ring = keyring_from_settings(entry, None, embedded=False)
     cipher = AesGcmCipher(ring)
-    needles = Needles([entry, *key_entries_in(embedded_file)])
+    needles = Needles([entry, next_entry, *key_entries_in(embedded_file)])
     seen: list[object] = [ring, embedded_ring, cipher, *ring, *embedded_ring]
     errors: list[BaseException] = []
 
@@ -207,6 +231,42 @@ async def test_full_secret_cycle_leaks_nothing_to_logs_reprs_errors_or_the_table
                 open_credentials(credentials, connection_id=open_as, cipher=with_cipher)
             errors.append(caught.value)
 
+    rows_before_rotation = await backend.dump()
+    rotated_ring = keyring_from_settings(f"{next_entry},{entry}", None, embedded=False)
+    rotated_cipher = AesGcmCipher(rotated_ring)
+    with pytest.raises(KeyInUseError) as in_use:
+        await retire(backend.store, rotated_ring, "leak-1")
+    errors.append(in_use.value)
+    progress: list[str] = []
+
+    def stop_after_one(done: int, total: int) -> None:
+        progress.append(f"{done}/{total}")
+        raise StopRotationError(f"stopped at {done}/{total}")
+
+    with pytest.raises(StopRotationError) as stopped:
+        await rotate(backend.store, rotated_cipher, batch_size=1, on_progress=stop_after_one)
+    errors.append(stopped.value)
+    cli_runs = [
+        keys_cli("list", url=backend.url, keys=f"{next_entry},{entry}"),
+        keys_cli("rotate", "--batch-size", "1", url=backend.url, keys=f"{next_entry},{entry}"),
+        keys_cli("retire", "leak-1", url=backend.url, keys=f"{next_entry},{entry}"),
+    ]
+    assert [run.returncode for run in cli_runs] == [0, 0, 0], [r.stderr for r in cli_runs]
+    assert "1/1" in cli_runs[1].stderr
+    report = await rotate(backend.store, rotated_cipher)
+    assert report.complete
+    seen += [rotated_ring, rotated_cipher, report, *progress]
+    for connection_id, payload in originals.items():
+        loaded = await backend.store.find_by_id(connection_id)
+        assert loaded is not None
+        assert loaded.credentials is not None
+        assert blob_key_id(loaded.credentials.encrypted_data) == "leak-2"
+        opened = open_credentials(
+            loaded.credentials, connection_id=loaded.id, cipher=rotated_cipher
+        )
+        assert opened == payload
+        seen += [loaded, loaded.credentials, opened]
+
     with pytest.raises(InvalidCredentialsError) as invalid:
         OAuth2Tokens(access_token=ACCESS_TOKEN + "\x00")
     errors.append(invalid.value)
@@ -238,11 +298,17 @@ async def test_full_secret_cycle_leaks_nothing_to_logs_reprs_errors_or_the_table
         if record.exc_info:
             needles.assert_absent_from_text(where, formatter.formatException(record.exc_info))
     needles.assert_absent_from_text("captured log text", caplog.text)
+    assert any(r.name == "linkvault.rotation" for r in caplog.records)
+    for run in cli_runs:
+        needles.assert_absent_from_text(f"output of {run.args[3:5]}", run.stdout + run.stderr)
 
-    rows, text_rows = await backend.dump()
-    assert len(rows) == 2
+    rows, text_rows = rows_before_rotation
     stored_blobs = {bytes(v) for row in rows for v in row if isinstance(v, bytes | memoryview)}
     assert sealed_blobs <= stored_blobs
+    rotated_rows, rotated_text_rows = await backend.dump()
+    rows += rotated_rows
+    text_rows += rotated_text_rows
+    assert len(rows) == 4
     for row in rows:
         needles.assert_absent_from_text("a row of provider_connections", repr(row))
         for value in row:
