@@ -209,3 +209,16 @@ class MalformedResponseError(OAuthError):
     """The provider answered success with a body that is not a usable token response."""
 
     retryable = True
+
+
+class KeyInUseError(CryptoError):
+    """A key cannot leave the ring while connections are still sealed under it."""
+
+    def __init__(self, key_id: str, rows: int) -> None:
+        noun = "connection is" if rows == 1 else "connections are"
+        super().__init__(
+            f"key {key_id!r} cannot be retired: {rows} {noun} still sealed under it; "
+            "run `linkvault keys rotate` first"
+        )
+        self.key_id = key_id
+        self.rows = rows

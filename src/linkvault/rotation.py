@@ -25,8 +25,8 @@ from linkvault.domain import ConnectionStatus, ProviderConnection, ProviderCrede
 from linkvault.errors import (
     DecryptionError,
     InvalidArgumentError,
+    KeyInUseError,
     KeyRingError,
-    LinkvaultError,
     StaleConnectionError,
 )
 from linkvault.stores import ConnectionStore
@@ -49,19 +49,6 @@ ProgressCallback = Callable[[int, int], object]
 
 # The empty prefix matches every blob: counting it counts every row that holds credentials.
 _ANY_BLOB = b""
-
-
-class KeyInUseError(LinkvaultError):
-    """A key cannot leave the ring while connections are still sealed under it."""
-
-    def __init__(self, key_id: str, rows: int) -> None:
-        noun = "connection is" if rows == 1 else "connections are"
-        super().__init__(
-            f"key {key_id!r} cannot be retired: {rows} {noun} still sealed under it; "
-            "run `linkvault keys rotate` first"
-        )
-        self.key_id = key_id
-        self.rows = rows
 
 
 @dataclass(frozen=True, slots=True)
