@@ -27,7 +27,7 @@ test: install lint typecheck
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

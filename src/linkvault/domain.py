@@ -63,6 +63,8 @@ class CredentialType(StrEnum):
 
 
 _S = ConnectionStatus
+_STATUSES = {s.value: s for s in ConnectionStatus}
+_CREDENTIAL_TYPES = {t.value: t for t in CredentialType}
 
 # The single source of truth for status changes.
 TRANSITIONS: Mapping[ConnectionStatus, frozenset[ConnectionStatus]] = {
@@ -120,6 +122,17 @@ class ProviderCredentials:
         )
 
     __str__ = __repr__
+
+    @classmethod
+    def restore(
+        cls, encrypted_data: bytes, credential_type: str, expires_at: datetime | None
+    ) -> ProviderCredentials:
+        """Rebuild stored credentials without re-validating them (for stores only)."""
+        value = object.__new__(cls)
+        object.__setattr__(value, "encrypted_data", encrypted_data)
+        object.__setattr__(value, "credential_type", _CREDENTIAL_TYPES[credential_type])
+        object.__setattr__(value, "expires_at", expires_at)
+        return value
 
     @property
     def supports_refresh(self) -> bool:
@@ -181,6 +194,44 @@ class ProviderConnection:
         if self.status is ConnectionStatus.DISCONNECTED and self.credentials is not None:
             raise InvalidConnectionError("a disconnected connection holds no credentials")
         self.status_reason = _check_reason(self.status_reason)
+
+    @classmethod
+    def restore(
+        cls,
+        id: UUID,
+        user_id: UUID,
+        provider_id: UUID,
+        provider_slug: str,
+        alias: str | None,
+        status: str,
+        status_reason: str | None,
+        credentials: ProviderCredentials | None,
+        connected_at: datetime | None,
+        last_sync_at: datetime | None,
+        created_at: datetime,
+        updated_at: datetime,
+        version: int,
+    ) -> ProviderConnection:
+        """Rebuild a stored connection without re-validating it (for stores only).
+
+        The rows were validated when saved and the schema's constraints hold the same rules;
+        skipping the checks makes reads several times cheaper.
+        """
+        c = object.__new__(cls)
+        c.id = id
+        c.user_id = user_id
+        c.provider_id = provider_id
+        c.provider_slug = provider_slug
+        c.alias = alias
+        c.status = _STATUSES[status]
+        c.status_reason = status_reason
+        c.credentials = credentials
+        c.connected_at = connected_at
+        c.last_sync_at = last_sync_at
+        c.created_at = created_at
+        c.updated_at = updated_at
+        c.version = version
+        return c
 
     # --- queries -------------------------------------------------------------
 

@@ -263,3 +263,44 @@ def test_reseal_keeps_type_and_expiry_and_refuses_otherwise() -> None:
     assert conn.credentials.encrypted_data == b"\x02other"
     with pytest.raises(InvalidConnectionError):
         conn.reseal_credentials(ProviderCredentials(b"\x03", CredentialType.API_KEY, T0))
+
+
+def test_restore_builds_what_the_validating_constructor_builds() -> None:
+    expiry = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
+    built = ProviderConnection(
+        user_id=uuid4(),
+        provider_id=uuid4(),
+        provider_slug="schwab",
+        alias="Main",
+        status=S.ACTIVE,
+        status_reason=None,
+        credentials=ProviderCredentials(b"\x01sealed", CredentialType.OAUTH2, expiry),
+        connected_at=T0,
+        last_sync_at=T0 + timedelta(hours=1),
+        created_at=T0,
+        updated_at=T0,
+        version=3,
+    )
+
+    restored = ProviderConnection.restore(
+        built.id,
+        built.user_id,
+        built.provider_id,
+        "schwab",
+        "Main",
+        "active",
+        None,
+        ProviderCredentials.restore(b"\x01sealed", "oauth2", expiry),
+        T0,
+        T0 + timedelta(hours=1),
+        T0,
+        T0,
+        3,
+    )
+
+    assert restored == built
+    assert restored.status is S.ACTIVE
+    assert restored.credentials is not None
+    assert restored.credentials.credential_type is CredentialType.OAUTH2
+    restored.mark_expired("invalid_grant", now=T0)
+    assert restored.needs_reauthentication()

@@ -13,8 +13,6 @@ import asyncpg
 
 from linkvault.domain import (
     Clock,
-    ConnectionStatus,
-    CredentialType,
     ProviderConnection,
     ProviderCredentials,
     utc_now,
@@ -116,23 +114,20 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 def row_to_connection(row: asyncpg.Record | Sequence[Any]) -> ProviderConnection:
     """Build the entity from a row in the column order of the named queries."""
     blob = row[8]
-    credentials = (
-        None if blob is None else ProviderCredentials(blob, CredentialType(row[7]), row[9])
-    )
-    return ProviderConnection(
-        id=row[0],
-        user_id=row[1],
-        provider_id=row[2],
-        provider_slug=row[3],
-        alias=row[4],
-        status=ConnectionStatus(row[5]),
-        status_reason=row[6],
-        credentials=credentials,
-        connected_at=row[10],
-        last_sync_at=row[11],
-        created_at=row[12],
-        updated_at=row[13],
-        version=row[14],
+    return ProviderConnection.restore(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        None if blob is None else ProviderCredentials.restore(blob, row[7], row[9]),
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
     )
 
 
@@ -194,6 +189,8 @@ class PostgresConnectionRepository:
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 reset=_keep_session,
+                # Short OLTP statements: JIT compilation only ever adds latency here.
+                server_settings={"jit": "off"},
             )
         except Exception as exc:
             raise translate_error(exc, "connecting to PostgreSQL") from exc

@@ -16,12 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from linkvault.domain import (
     Clock,
-    ConnectionStatus,
-    CredentialType,
     ProviderConnection,
     ProviderCredentials,
     utc_now,
@@ -60,7 +58,15 @@ def to_micros(value: datetime | None) -> int | None:
 
 
 def from_micros(value: int | None) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=value)
+    return None if value is None else _EPOCH + value * _MICROSECOND
+
+
+def _uuid(raw: bytes) -> UUID:
+    # UUID(bytes=...) re-validates what the schema's length checks already guarantee.
+    value = object.__new__(UUID)
+    object.__setattr__(value, "int", int.from_bytes(raw, "big"))
+    object.__setattr__(value, "is_safe", SafeUUID.unknown)
+    return value
 
 
 def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
@@ -88,28 +94,20 @@ def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
 def row_to_connection(row: Sequence[Any]) -> ProviderConnection:
     """Build the entity from a row in the column order of the named queries."""
     blob = row[8]
-    credentials = (
-        None
-        if blob is None
-        else ProviderCredentials(blob, CredentialType(row[7]), from_micros(row[9]))
-    )
-    created, updated = from_micros(row[12]), from_micros(row[13])
-    assert created is not None
-    assert updated is not None
-    return ProviderConnection(
-        id=UUID(bytes=row[0]),
-        user_id=UUID(bytes=row[1]),
-        provider_id=UUID(bytes=row[2]),
-        provider_slug=row[3],
-        alias=row[4],
-        status=ConnectionStatus(row[5]),
-        status_reason=row[6],
-        credentials=credentials,
-        connected_at=from_micros(row[10]),
-        last_sync_at=from_micros(row[11]),
-        created_at=created,
-        updated_at=updated,
-        version=row[14],
+    return ProviderConnection.restore(
+        _uuid(row[0]),
+        _uuid(row[1]),
+        _uuid(row[2]),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        None if blob is None else ProviderCredentials.restore(blob, row[7], from_micros(row[9])),
+        from_micros(row[10]),
+        from_micros(row[11]),
+        _EPOCH + row[12] * _MICROSECOND,
+        _EPOCH + row[13] * _MICROSECOND,
+        row[14],
     )
 
 
