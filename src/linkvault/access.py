@@ -1,0 +1,285 @@
+"""Bearer API keys with scopes: generated at random, stored as SHA-256, checked in constant time.
+
+An entry is ``name:scope+scope:sha256hex``; entries come from LINKVAULT_API_KEYS (comma or
+whitespace separated) or from a key file (one per line, ``#`` comments). API keys are 256-bit
+random tokens, so a fast hash is enough: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from linkvault.errors import ConfigurationError
+from linkvault.settings import Settings
+
+__all__ = [
+    "DEFAULT_API_KEY_FILE",
+    "KEY_PREFIX",
+    "ApiKeyEntry",
+    "ApiKeySet",
+    "Scope",
+    "access_from_settings",
+    "generate_api_key",
+    "hash_api_key",
+    "load_api_key_file",
+    "load_or_create_api_key_file",
+    "parse_api_keys",
+]
+
+DEFAULT_API_KEY_FILE = Path("linkvault.api-keys")
+KEY_PREFIX = "lvk_"
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_SPLIT = re.compile(r"[,\s]+")
+
+
+class Scope(StrEnum):
+    """What an API key may do."""
+
+    READ = "read"
+    WRITE = "write"
+    CREDENTIALS = "credentials"
+
+
+ALL_SCOPES = frozenset(Scope)
+
+
+def hash_api_key(plaintext: str) -> str:
+    """The SHA-256 hex digest an API key is stored as."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    """A configured API key: its name, its scopes and the SHA-256 of the key itself."""
+
+    name: str
+    scopes: frozenset[Scope]
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or _NAME.fullmatch(self.name) is None:
+            raise ConfigurationError("an API key name is 1 to 64 characters from A-Z a-z 0-9 _ . -")
+        if not self.scopes:
+            raise ConfigurationError(f"API key {self.name!r} has no scopes")
+        if not isinstance(self.sha256, str) or _HEX.fullmatch(self.sha256) is None:
+            raise ConfigurationError(
+                f"API key {self.name!r}: the hash must be 64 lowercase hex digits (SHA-256)"
+            )
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether this key holds `scope`."""
+        return scope in self.scopes
+
+    @property
+    def spec(self) -> str:
+        """The ``name:scope+scope:sha256hex`` entry that configures this key."""
+        order = [s.value for s in Scope if s in self.scopes]
+        return f"{self.name}:{'+'.join(order)}:{self.sha256}"
+
+
+class ApiKeySet:
+    """The configured API keys; `authenticate` finds the one a bearer token is, if any."""
+
+    def __init__(self, entries: Iterable[ApiKeyEntry]) -> None:
+        self._entries = tuple(entries)
+        names = [e.name for e in self._entries]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigurationError(f"duplicate API key name(s): {', '.join(duplicates)}")
+        if len({e.sha256 for e in self._entries}) != len(self._entries):
+            raise ConfigurationError("two API key entries have the same hash")
+
+    def authenticate(self, token: str) -> ApiKeyEntry | None:
+        """The entry whose key is `token`, or None; compares against every entry."""
+        digest = hash_api_key(token).encode("ascii")
+        found: ApiKeyEntry | None = None
+        # No early exit: the time taken does not depend on which entry matched, if any.
+        for entry in self._entries:
+            if hmac.compare_digest(digest, entry.sha256.encode("ascii")):
+                found = entry
+        return found
+
+    @property
+    def entries(self) -> tuple[ApiKeyEntry, ...]:
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[ApiKeyEntry]:
+        return iter(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ApiKeySet({', '.join(e.name for e in self._entries)})"
+
+
+def parse_scopes(text: str, where: str) -> frozenset[Scope]:
+    """Scopes from ``read+write`` (or ``all``)."""
+    if text == "all":
+        return ALL_SCOPES
+    scopes: set[Scope] = set()
+    for part in text.split("+"):
+        try:
+            scopes.add(Scope(part))
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise ConfigurationError(
+                f"{where}: unknown scope {part!r} (known: {known}, or all)"
+            ) from None
+    return frozenset(scopes)
+
+
+def _parse_entry(text: str, where: str) -> ApiKeyEntry:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ConfigurationError(
+            f"{where}: an API key entry is name:scope+scope:sha256hex "
+            "(make one with `linkvault keys create-api-key`)"
+        )
+    name, scopes, digest = parts
+    try:
+        return ApiKeyEntry(name, parse_scopes(scopes, where), digest.lower())
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+
+
+def _entries_of(items: Iterable[tuple[str, str]]) -> ApiKeySet:
+    return ApiKeySet(_parse_entry(text, where) for where, text in items)
+
+
+def parse_api_keys(text: str, *, source: str = "LINKVAULT_API_KEYS") -> ApiKeySet:
+    """Keys from ``name:scopes:sha256hex`` entries separated by commas or whitespace."""
+    entries = [e for e in _SPLIT.split(text.strip()) if e]
+    if entries and any(e.startswith(KEY_PREFIX) for e in entries):
+        # A plaintext key pasted where its hash belongs would otherwise sit in the environment.
+        raise ConfigurationError(
+            f"{source} holds a plaintext API key: configure its SHA-256 hash instead"
+        )
+    return _entries_of((f"entry {n} of {source}", e) for n, e in enumerate(entries, 1))
+
+
+def generate_api_key(
+    name: str, scopes: Iterable[Scope | str] = ALL_SCOPES
+) -> tuple[str, ApiKeyEntry]:
+    """A new random key and its entry; the plaintext exists only in the returned value."""
+    chosen = frozenset(Scope(s) for s in scopes)
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    return plaintext, ApiKeyEntry(name, chosen, hash_api_key(plaintext))
+
+
+def _check_private(path: Path, mode: int) -> None:
+    if os.name == "nt":
+        return
+    if not stat.S_ISREG(mode):
+        raise ConfigurationError(f"API key file {path} is not a regular file")
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"API key file {path} is accessible to group or others (mode "
+            f"{stat.S_IMODE(mode):04o}); restrict it with `chmod 600 {path}`"
+        )
+
+
+def load_api_key_file(path: Path) -> ApiKeySet:
+    """Keys from a file of entry lines and ``#`` comments, readable by its owner only."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            _check_private(path, os.fstat(handle.fileno()).st_mode)
+            raw = handle.read()
+    except FileNotFoundError:
+        raise ConfigurationError(f"API key file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read API key file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"API key file {path} is not ASCII text") from None
+    lines = (
+        (f"line {n} of API key file {path}", line.split("#", 1)[0].strip())
+        for n, line in enumerate(text.splitlines(), 1)
+    )
+    keys = _entries_of((where, entry) for where, entry in lines if entry)
+    if not keys:
+        raise ConfigurationError(f"API key file {path} holds no keys")
+    return keys
+
+
+def _announce(message: str) -> None:
+    # stderr, not a logger: the plaintext must not travel on to log shippers.
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_or_create_api_key_file(
+    path: Path = DEFAULT_API_KEY_FILE,
+    *,
+    announce: Callable[[str], None] = _announce,
+) -> ApiKeySet:
+    """Load the key file, or create it (mode 0600) with one admin key shown once via `announce`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    plaintext, entry = generate_api_key("admin", ALL_SCOPES)
+    content = (
+        "# linkvault API keys: name:scope+scope:sha256hex, one per line.\n"
+        "# Only hashes are kept here; a lost key cannot be recovered, only replaced.\n"
+        f"{entry.spec}\n"
+    ).encode("ascii")
+    try:
+        # O_EXCL: a file another process created meanwhile is loaded, never overwritten.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_api_key_file(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    announce(
+        f"linkvault: created API key file {path.resolve()} with one key, 'admin' "
+        f"(scopes: read, write, credentials).\n"
+        f"linkvault: the key is {plaintext}\n"
+        "linkvault: it is shown this once and stored only as a hash: keep it now."
+    )
+    return load_api_key_file(path)
+
+
+def access_from_settings(
+    settings: Settings,
+    *,
+    default_file: Path = DEFAULT_API_KEY_FILE,
+    announce: Callable[[str], None] = _announce,
+) -> ApiKeySet:
+    """The API keys the settings describe; only an embedded deployment creates a key file."""
+    keys = settings.api_keys.get_secret_value() if settings.api_keys else None
+    if keys and settings.api_key_file is not None:
+        raise ConfigurationError("set LINKVAULT_API_KEYS or LINKVAULT_API_KEY_FILE, not both")
+    if keys:
+        parsed = parse_api_keys(keys)
+        if not parsed:
+            raise ConfigurationError("LINKVAULT_API_KEYS holds no entries")
+        return parsed
+    path = settings.api_key_file
+    if path is not None and not settings.is_embedded:
+        return load_api_key_file(path)
+    if settings.is_embedded:
+        return load_or_create_api_key_file(path or default_file, announce=announce)
+    raise ConfigurationError(
+        "no API keys are configured, and a PostgreSQL deployment never creates one on its "
+        "own: set LINKVAULT_API_KEYS to name:scope+scope:sha256hex entries or "
+        "LINKVAULT_API_KEY_FILE to a file of them (make one with "
+        "`linkvault keys create-api-key NAME`)"
+    )

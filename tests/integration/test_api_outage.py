@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from linkvault.access import ApiKeySet, Scope, generate_api_key
+from linkvault.api import create_app
+from linkvault.crypto import generate_key
+from linkvault.runtime import Runtime
+from linkvault.settings import Settings
+from tests.pg_cluster import (
+    PrivateCluster,
+    private_postgres_fixture,
+    running_private_postgres_fixture,
+)
+
+__all__ = ["private_postgres_fixture", "running_private_postgres_fixture"]
+
+PROVIDERS = """
+[[providers]]
+slug = "acme-keys"
+id = "0b7b3a5e-53c4-4c0e-9a34-7f1a2f5e9d11"
+display_name = "Acme (API key)"
+auth_style = "api_key"
+"""
+
+
+@pytest.fixture
+async def outage_client(
+    running_private_postgres: PrivateCluster, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, PrivateCluster]]:
+    url = await running_private_postgres.create_database()
+    providers = tmp_path / "providers.toml"
+    providers.write_text(PROVIDERS)
+    settings = Settings(
+        database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers
+    )
+    key, entry = generate_api_key("admin", set(Scope))
+    async with await Runtime.open(settings, env={}) as runtime:
+        app = create_app(runtime, ApiKeySet([entry]))
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=headers
+        ) as http:
+            yield http, running_private_postgres
+
+
+async def test_the_api_answers_503_while_postgres_is_down_and_recovers_without_a_restart(
+    outage_client: tuple[httpx.AsyncClient, PrivateCluster],
+) -> None:
+    http, cluster = outage_client
+    body = {"user_id": str(uuid4()), "provider": "acme-keys", "api_key": "k"}
+    created = await http.post("/v1/connections", json=body)
+    assert created.status_code == 201
+    conn_id = created.json()["connection"]["id"]
+    assert (await http.get("/v1/health")).status_code == 200
+
+    await cluster.astop()
+    for method, path in [
+        ("GET", "/v1/health"),
+        ("GET", "/v1/connections"),
+        ("GET", f"/v1/connections/{conn_id}"),
+        ("POST", f"/v1/connections/{conn_id}/disconnect"),
+    ]:
+        r = await http.request(method, path)
+        assert r.status_code == 503, (path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["retry-after"] == "5"
+        problem = r.json()
+        assert problem["type"] == "urn:linkvault:problem:database-unavailable"
+        assert "127.0.0.1" not in r.text
+        assert "asyncpg" not in r.text.lower()
+    refused = await http.post("/v1/connections", json=body)
+    assert refused.status_code == 503
+
+    await cluster.astart()
+    assert (await http.get("/v1/health")).status_code == 200
+    got = await http.get(f"/v1/connections/{conn_id}")
+    assert got.status_code == 200
+    assert got.json()["status"] == "active"
+    listing = await http.get("/v1/connections")
+    assert [c["id"] for c in listing.json()["items"]] == [conn_id]
