@@ -120,6 +120,28 @@ def keys_generate(
     )
 
 
+@keys_app.command("create-api-key")
+def keys_create_api_key(
+    name: Annotated[str, typer.Argument(help="A name for the key, shown in audit logs.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated scopes: read, write, credentials, or all.")
+    ] = "read,write",
+) -> None:
+    """Print a new API key once, and the hashed entry to configure for it."""
+    from linkvault.access import generate_api_key, parse_scopes
+
+    chosen = parse_scopes(scopes.replace(",", "+"), "--scopes")
+    plaintext, entry = generate_api_key(name, chosen)
+    sys.stdout.write(plaintext + "\n")
+    sys.stdout.flush()
+    _err.print(
+        f"Give the key above to the client; it is shown only now. Add this entry to "
+        f"LINKVAULT_API_KEYS (comma separated) or to LINKVAULT_API_KEY_FILE: {entry.spec}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 @keys_app.command("list")
 def keys_list(database_url: DatabaseOption = None, as_json: JsonOption = False) -> None:
     """List the keys of the ring, which one is active, and how many connections use each."""

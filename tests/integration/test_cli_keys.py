@@ -239,3 +239,30 @@ def test_batch_size_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
     result = cli("rotate", "--batch-size", "0", cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_create_api_key_prints_a_key_that_its_entry_accepts(tmp_path: Path) -> None:
+    from linkvault.access import parse_api_keys
+
+    result = cli("create-api-key", "ci-bot", "--scopes", "read,credentials", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    plaintext = result.stdout.strip()
+    assert plaintext.startswith("lvk_")
+    entry = result.stderr.strip().rsplit(" ", 1)[-1]
+    assert plaintext not in result.stderr
+    keys = parse_api_keys(entry)
+    found = keys.authenticate(plaintext)
+    assert found is not None
+    assert found.name == "ci-bot"
+    assert {s.value for s in found.scopes} == {"read", "credentials"}
+    assert keys.authenticate(plaintext + "x") is None
+
+
+def test_create_api_key_refuses_an_unknown_scope_in_one_line(tmp_path: Path) -> None:
+    result = cli("create-api-key", "ci-bot", "--scopes", "read,admin", cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown scope 'admin'" in result.stderr
