@@ -3,7 +3,7 @@ CREATE TABLE provider_connections (
     id                    uuid PRIMARY KEY,
     user_id               uuid NOT NULL,
     provider_id           uuid NOT NULL,
-    provider_slug         text NOT NULL CHECK (provider_slug <> ''),
+    provider_slug         text NOT NULL CHECK (btrim(provider_slug) <> ''),
     alias                 text,
     status                text NOT NULL CHECK (
         status IN ('pending', 'active', 'expired', 'revoked', 'failed', 'disconnected')),

@@ -4,7 +4,7 @@ CREATE TABLE provider_connections (
     id                    BLOB PRIMARY KEY CHECK (length(id) = 16),
     user_id               BLOB NOT NULL CHECK (length(user_id) = 16),
     provider_id           BLOB NOT NULL CHECK (length(provider_id) = 16),
-    provider_slug         TEXT NOT NULL CHECK (provider_slug <> ''),
+    provider_slug         TEXT NOT NULL CHECK (trim(provider_slug) <> ''),
     alias                 TEXT,
     status                TEXT NOT NULL CHECK (
         status IN ('pending', 'active', 'expired', 'revoked', 'failed', 'disconnected')),
