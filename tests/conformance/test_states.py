@@ -76,3 +76,30 @@ async def test_the_pending_authorization_repr_hides_the_verifier(clock: FakeCloc
     kept = pending_for(uuid4(), clock)
     assert kept.sealed_verifier.hex() not in repr(kept)
     assert kept.state_hash.hex() not in repr(kept)
+
+
+async def test_a_state_written_inside_a_transaction_survives_its_commit(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = make(clock)
+    kept = pending_for(conn.id, clock)
+
+    async with store.transaction() as repo:
+        await repo.save(conn)
+        await repo.put_state(kept)
+
+    assert await store.take_state(kept.state_hash) == kept
+
+
+async def test_a_state_written_inside_a_rolled_back_transaction_is_gone(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await saved(store, make(clock))
+    kept = pending_for(conn.id, clock)
+
+    with pytest.raises(RuntimeError, match="abort"):  # noqa: PT012
+        async with store.transaction() as repo:
+            await repo.put_state(kept)
+            raise RuntimeError("abort")
+
+    assert await store.take_state(kept.state_hash) is None

@@ -73,21 +73,25 @@ class InMemoryConnectionRepository:
         if self._in_transaction:
             snapshot = dict(self._rows)
             schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
+            states = dict(self._states)
             try:
                 yield self
             except BaseException:
                 self._rows = snapshot
                 self._schedules = schedules
+                self._states = states
                 raise
             return
         async with self._lock:
             staged = InMemoryConnectionRepository(clock=self._clock)
             staged._rows = {k: _copy(v) for k, v in self._rows.items()}
             staged._schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
+            staged._states = dict(self._states)
             staged._in_transaction = True
             yield staged
             self._rows = staged._rows
             self._schedules = staged._schedules
+            self._states = staged._states
 
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
         if not self._in_transaction:
@@ -317,18 +321,26 @@ class InMemoryConnectionRepository:
 
     async def put_state(self, pending: PendingAuthorization) -> None:
         """Keep a pending authorization until its callback (or its expiry)."""
+        if self._in_transaction:
+            self._put_state(pending)
+            return
         async with self._lock:
-            now = pending.created_at
-            for key in [k for k, v in self._states.items() if v.expires_at < now]:
-                del self._states[key]
-            if pending.connection_id not in self._rows:
-                raise ConstraintViolationError("put_state: the connection does not exist")
-            if pending.state_hash in self._states:
-                raise ConstraintViolationError("put_state: the state is already in use")
-            self._states[pending.state_hash] = pending
+            self._put_state(pending)
+
+    def _put_state(self, pending: PendingAuthorization) -> None:
+        now = pending.created_at
+        for key in [k for k, v in self._states.items() if v.expires_at < now]:
+            del self._states[key]
+        if pending.connection_id not in self._rows:
+            raise ConstraintViolationError("put_state: the connection does not exist")
+        if pending.state_hash in self._states:
+            raise ConstraintViolationError("put_state: the state is already in use")
+        self._states[pending.state_hash] = pending
 
     async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""
+        if self._in_transaction:
+            return self._states.pop(state_hash, None)
         async with self._lock:
             return self._states.pop(state_hash, None)
 
