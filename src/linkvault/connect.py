@@ -15,7 +15,13 @@ from linkvault.credentials import (
     OAuth2Tokens,
     seal_credentials,
 )
-from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
+from linkvault.domain import (
+    Clock,
+    ConnectionStatus,
+    ProviderConnection,
+    can_transition,
+    utc_now,
+)
 from linkvault.errors import (
     ConfigurationError,
     DecryptionError,
@@ -24,6 +30,9 @@ from linkvault.errors import (
     InvalidTransitionError,
     NotFoundError,
     OAuthError,
+    ProviderUnavailableError,
+    RateLimitedError,
+    StaleConnectionError,
 )
 from linkvault.oauth import (
     TokenResponse,
@@ -31,6 +40,7 @@ from linkvault.oauth import (
     code_challenge_s256,
     generate_code_verifier,
     generate_state,
+    token_expiry,
 )
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
@@ -38,6 +48,11 @@ from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
 
 STATE_TTL = timedelta(minutes=10)
+
+_NOT_CONNECTABLE = {
+    ConnectionStatus.ACTIVE: "the connection is already active",
+    ConnectionStatus.DISCONNECTED: "the connection was disconnected: connect the provider anew",
+}
 
 
 class CodeExchanger(Protocol):
@@ -159,6 +174,10 @@ class ConnectService:
         if conn is None:
             raise InvalidStateError("the connection of this authorization no longer exists")
         now = self.clock()
+        if not can_transition(conn.status, ConnectionStatus.ACTIVE):
+            # Checked before the exchange: no tokens are issued for a connection that cannot
+            # take them (disconnected meanwhile, or already completed through another state).
+            return CallbackResult(conn, pending.return_to, _NOT_CONNECTABLE[conn.status])
         if now > pending.expires_at:
             return await self._fail(conn, pending, "the authorization expired: start again")
         if error:
@@ -175,8 +194,12 @@ class ConnectService:
                 redirect_uri=pending.redirect_uri,
                 code_verifier=verifier if provider.pkce else None,
             )
+        except (ProviderUnavailableError, RateLimitedError) as exc:
+            reason = f"the provider was unavailable ({exc}): try again in a few minutes"
+            return await self._fail(conn, pending, reason)
         except OAuthError as exc:
-            return await self._fail(conn, pending, f"the provider refused the code: {exc}")
+            reason = f"the provider refused the code ({exc}): start again to retry"
+            return await self._fail(conn, pending, reason)
         except (DecryptionError, ConfigurationError) as exc:
             return await self._fail(conn, pending, f"linkvault could not finish: {exc}")
         tokens = OAuth2Tokens(
@@ -184,12 +207,22 @@ class ConnectService:
             refresh_token=response.refresh_token,
             token_type=response.token_type,
             scope=response.scope,
-            expires_at=response.expires_at(now),
+            expires_at=token_expiry(response, provider, now),
         )
-        conn.mark_connected(
-            seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher), now=now
-        )
-        await self.store.save(conn)
+        sealed = seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher)
+        conn.mark_connected(sealed, now=now)
+        try:
+            await self.store.save(conn)
+        except StaleConnectionError:
+            # Changed during the exchange: a rename is harmless, a disconnect wins and the
+            # new tokens are dropped rather than bringing the connection back.
+            fresh = await self.store.find_by_id(conn.id)
+            if fresh is None or not can_transition(fresh.status, ConnectionStatus.ACTIVE):
+                status = fresh.status if fresh else ConnectionStatus.DISCONNECTED
+                return CallbackResult(fresh or conn, pending.return_to, _NOT_CONNECTABLE[status])
+            fresh.mark_connected(sealed, now=now)
+            await self.store.save(fresh)
+            conn = fresh
         return CallbackResult(conn, pending.return_to)
 
     async def connect_with_credentials(

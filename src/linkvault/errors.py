@@ -170,6 +170,10 @@ class UnauthorizedClientError(OAuthError):
     """The provider refused the client itself (unknown id, wrong secret, not allowed)."""
 
 
+class InvalidClientError(UnauthorizedClientError):
+    """The provider refused linkvault's own client credentials: an operator must fix them."""
+
+
 class RevokedError(OAuthError):
     """The user or the provider revoked the grant."""
 

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 import httpx
 
 from linkvault.errors import (
+    InvalidClientError,
     InvalidGrantError,
     MalformedResponseError,
     OAuthError,
@@ -137,6 +138,14 @@ class TokenResponse:
         )
 
     __str__ = __repr__
+
+
+def token_expiry(response: TokenResponse, provider: Provider, now: datetime) -> datetime | None:
+    """When new tokens expire: as the provider said, else its documented lifetime, else never."""
+    said = response.expires_at(now)
+    if said is not None or provider.access_token_lifetime is None:
+        return said
+    return now + provider.access_token_lifetime
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -378,7 +387,9 @@ def _failure(
         return ProviderUnavailableError(summary, **fields)
     if error in _INVALID_GRANT:
         return InvalidGrantError(summary, **fields)
-    if error in _UNAUTHORIZED or (status == 401 and error is None):
+    if error == "invalid_client" or (status == 401 and error is None):
+        return InvalidClientError(summary, **fields)
+    if error in _UNAUTHORIZED:
         return UnauthorizedClientError(summary, **fields)
     if error in _REVOKED:
         return RevokedError(summary, **fields)

@@ -25,6 +25,7 @@ from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_no
 from linkvault.errors import (
     DatabaseError,
     DecryptionError,
+    InvalidClientError,
     InvalidGrantError,
     LinkvaultError,
     MalformedResponseError,
@@ -36,7 +37,7 @@ from linkvault.errors import (
     UnauthorizedClientError,
     UnknownProviderError,
 )
-from linkvault.oauth import TokenResponse
+from linkvault.oauth import TokenResponse, token_expiry
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.stores import ConnectionStore
@@ -57,6 +58,7 @@ class Outcome(StrEnum):
     GAVE_UP = "gave_up"  # transient failures exhausted the attempts
     LOST_RACE = "lost_race"  # the connection changed meanwhile; new tokens discarded
     UNREFRESHABLE = "unrefreshable"  # no refresh token, or a provider that cannot refresh
+    CLIENT_REJECTED = "client_rejected"  # the provider refused linkvault's client credentials
     DECRYPT_FAILED = "decrypt_failed"
     ERROR = "error"
 
@@ -154,7 +156,10 @@ class RefreshWorker:
                 log.warning("refresh worker: database unavailable, retrying: %s", exc)
                 done = 0
             if done == 0:
-                if until_idle and self.metrics.due_unclaimed == 0:
+                # Idle: nothing due that this worker could ever claim. Rows waiting out a
+                # backoff keep it running; rows leased by another worker (a crashed one's
+                # included) and rows out of attempts are left alone.
+                if until_idle and not await self._work_remains():
                     break
                 await _wait(stop, self.policy.idle_poll)
         log.info("refresh worker %s stopped", self.owner)
@@ -189,6 +194,12 @@ class RefreshWorker:
             await self.store.release_claims([c.connection.id for c in queue], self.owner)
             log.info("refresh worker %s released %d unstarted leases", self.owner, len(queue))
         return handled
+
+    async def _work_remains(self) -> bool:
+        backlog = await self.store.refresh_backlog(
+            self.policy.horizon, max_failures=self.policy.max_attempts
+        )
+        return backlog.unclaimed > 0
 
     async def update_gauges(self) -> None:
         backlog = await self.store.refresh_backlog(self.policy.horizon)
@@ -247,6 +258,18 @@ class RefreshWorker:
             return await self._give_up(claim, Outcome.EXPIRED, "no refresh token: reconnect")
         try:
             response = await self.tokens.refresh(provider, refresh_token=current.refresh_token)
+        except InvalidClientError as exc:
+            # Our own client credentials were refused: every connection of this provider
+            # would fail alike, and none of their grants is at fault. Retry much later.
+            log.error(  # noqa: TRY400 - a known condition, no traceback wanted
+                "provider %s refused linkvault's client credentials; check "
+                "LINKVAULT_PROVIDER_%s_CLIENT_ID/_SECRET: %s",
+                provider.slug,
+                provider.slug.upper().replace("-", "_"),
+                _reason(exc),
+            )
+            await self._unrefreshable(claim, f"client rejected: {_reason(exc)}")
+            return Outcome.CLIENT_REJECTED
         except (InvalidGrantError, UnauthorizedClientError) as exc:
             return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
         except RevokedError as exc:
@@ -266,7 +289,7 @@ class RefreshWorker:
             refresh_token=response.refresh_token or current.refresh_token,
             token_type=response.token_type or current.token_type,
             scope=response.scope or current.scope,
-            expires_at=response.expires_at(now),
+            expires_at=token_expiry(response, provider, now),
         )
         sealed = seal_credentials(renewed, connection_id=conn.id, cipher=self.cipher)
 
@@ -336,9 +359,16 @@ class RefreshWorker:
         retry_after: float | None = None,
     ) -> Outcome:
         if claim.failures + 1 >= self.policy.max_attempts:
-            reason = f"refresh failed {claim.failures + 1} times, last: {_reason(exc)}"
+            attempts = claim.failures + 1
+            reason = f"refresh kept failing ({attempts} attempts, last: {_reason(exc)}): reconnect"
             given_up = await self._give_up(claim, Outcome.EXPIRED, reason)
             return Outcome.GAVE_UP if given_up is Outcome.EXPIRED else given_up
+        log.warning(
+            "refresh of connection %s: %s, retrying later: %s",
+            claim.connection.id,
+            outcome.value,
+            _reason(exc),
+        )
         await self._schedule_retry(claim, outcome, _reason(exc), retry_after)
         return outcome
 

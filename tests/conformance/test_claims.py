@@ -226,3 +226,16 @@ async def test_one_connection_can_be_claimed_for_an_immediate_refresh(
 
     await store.finish_claim(conn.id, "api", succeeded=True)
     assert await store.claim_connection(conn.id, "worker", lease=LEASE) is not None
+
+
+async def test_the_backlog_can_leave_out_connections_out_of_attempts(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    spent = await due(store, clock)
+    await due(store, clock, 6)
+    for _ in range(2):
+        await claim(store, "w1", limit=1, max_failures=2)
+        await store.finish_claim(spent.id, "w1", succeeded=False)
+
+    assert (await store.refresh_backlog(HORIZON)).unclaimed == 2
+    assert (await store.refresh_backlog(HORIZON, max_failures=2)).unclaimed == 1

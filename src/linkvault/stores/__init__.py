@@ -63,7 +63,9 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None: ...
 
-    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog: ...
+    async def refresh_backlog(
+        self, horizon: timedelta, *, max_failures: int | None = None
+    ) -> RefreshBacklog: ...
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500

@@ -279,8 +279,10 @@ class InMemoryConnectionRepository:
                 if s is not None and s.owner == owner:
                     s.owner, s.until = None, None
 
-    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
-        """How many due connections are not leased, and the oldest due expiry."""
+    async def refresh_backlog(
+        self, horizon: timedelta, *, max_failures: int | None = None
+    ) -> RefreshBacklog:
+        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
         async with self._lock:
             now = self._clock()
             expiries = []
@@ -294,6 +296,7 @@ class InMemoryConnectionRepository:
                     and expiry is not None
                     and expiry <= now + horizon
                     and (s.until is None or s.until <= now)
+                    and (max_failures is None or s.failures < max_failures)
                 ):
                     expiries.append(expiry)
             return RefreshBacklog(len(expiries), min(expiries) if expiries else None)

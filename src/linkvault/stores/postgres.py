@@ -387,11 +387,15 @@ class PostgresConnectionRepository:
         query, ids = _Q["release_claims"], list(connection_ids)
         await self._call("release_claims", lambda c: c.execute(query, ids, owner))
 
-    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
-        """How many due connections are not leased, and the oldest due expiry."""
+    async def refresh_backlog(
+        self, horizon: timedelta, *, max_failures: int | None = None
+    ) -> RefreshBacklog:
+        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
         now = self._clock()
         query = _Q["refresh_backlog"]
-        row = await self._call("refresh_backlog", lambda c: c.fetchrow(query, now + horizon, now))
+        row = await self._call(
+            "refresh_backlog", lambda c: c.fetchrow(query, now + horizon, now, max_failures)
+        )
         assert row is not None
         return RefreshBacklog(int(row[0]), row[1])
 

@@ -457,10 +457,13 @@ class SqliteConnectionRepository:
         ids = json.dumps([i.bytes.hex().upper() for i in connection_ids])
         await self._call("release_claims", lambda db: db.execute(query, (ids, owner)))
 
-    async def refresh_backlog(self, horizon: timedelta) -> RefreshBacklog:
-        """How many due connections are not leased, and the oldest due expiry."""
+    async def refresh_backlog(
+        self, horizon: timedelta, *, max_failures: int | None = None
+    ) -> RefreshBacklog:
+        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
         now = self._clock()
-        query, args = _Q["refresh_backlog"], (to_micros(now + horizon), to_micros(now))
+        query = _Q["refresh_backlog"]
+        args = (to_micros(now + horizon), to_micros(now), max_failures)
         row = await self._call("refresh_backlog", lambda db: db.execute(query, args).fetchone())
         return RefreshBacklog(int(row[0]), from_micros(row[1]))
 

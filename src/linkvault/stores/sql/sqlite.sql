@@ -125,7 +125,8 @@ WHERE status = 'active'
   AND credentials_expire_at IS NOT NULL
   AND credentials_expire_at <= ?1
   AND credential_type IN ('oauth2', 'link_token')
-  AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2);
+  AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2)
+  AND (?3 IS NULL OR refresh_failures < ?3);
 
 -- name: find_sealed_outside
 -- Rotation: connections whose credentials were not sealed under the key with this header.

@@ -1,0 +1,468 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentials
+from linkvault.crypto import AesGcmCipher, Key, KeyRing
+from linkvault.domain import ConnectionStatus, ProviderConnection
+from linkvault.errors import InvalidGrantError
+from linkvault.oauth import HttpxTokenClient, TokenResponse
+from linkvault.providers import Provider, ProviderRegistry, load_registry
+from linkvault.refresher import Outcome, RefreshPolicy, RefreshWorker, refresh_now
+from linkvault.sandbox import FaultKind, RunningSandbox
+from linkvault.stores import ConnectionStore
+from tests.integration.test_connect import (
+    module_postgres_url,
+    module_sandbox,
+    postgres_store,
+    running_sandbox,
+)
+from tests.support import FakeClock
+
+__all__ = ["module_postgres_url", "module_sandbox", "postgres_store", "running_sandbox"]
+
+POLICY = RefreshPolicy(
+    horizon=timedelta(minutes=10),
+    lease=timedelta(minutes=2),
+    batch_size=100,
+    concurrency=4,
+    max_attempts=3,
+    backoff_base=timedelta(seconds=10),
+    backoff_max=timedelta(minutes=15),
+    idle_poll=0.01,
+)
+
+
+class WatchedTokenClient(HttpxTokenClient):
+    """A real token client that counts refreshes in flight and can act before answering."""
+
+    def __init__(self, *, timeout: float = 5.0) -> None:
+        super().__init__(timeout=timeout)
+        self.in_flight = 0
+        self.peak = 0
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+        self._changed = asyncio.Condition()
+
+    async def until_in_flight(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight >= count)
+
+    async def refresh(
+        self, provider: Provider, *, refresh_token: str, scopes: Sequence[str] | None = None
+    ) -> TokenResponse:
+        async with self._changed:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            self._changed.notify_all()
+        try:
+            response = await super().refresh(provider, refresh_token=refresh_token, scopes=scopes)
+        finally:
+            self.in_flight -= 1
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return response
+
+
+@dataclass
+class Bench:
+    store: ConnectionStore
+    registry: ProviderRegistry
+    cipher: AesGcmCipher
+    running: RunningSandbox
+    clock: FakeClock
+    tokens: WatchedTokenClient
+    seeded: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def provider(self) -> Provider:
+        return self.registry.get("sandbox")
+
+    def worker(
+        self,
+        policy: RefreshPolicy = POLICY,
+        *,
+        tokens: HttpxTokenClient | None = None,
+        seed: int = 7,
+        owner: str = "worker-1",
+    ) -> RefreshWorker:
+        return RefreshWorker(
+            self.store,
+            self.registry,
+            tokens or self.tokens,
+            self.cipher,
+            policy=policy,
+            owner=owner,
+            clock=self.clock,
+            rng=random.Random(seed),
+        )
+
+    async def connection(
+        self,
+        subject: str = "alice",
+        *,
+        expires_in: timedelta = timedelta(minutes=5),
+        alias: str | None = None,
+    ) -> ProviderConnection:
+        [grant] = self.running.sandbox.seed_grants([subject])
+        self.seeded.append(grant)
+        now = self.clock.now
+        conn = ProviderConnection(
+            user_id=uuid4(),
+            provider_id=self.provider.id,
+            provider_slug="sandbox",
+            alias=alias,
+            created_at=now,
+            updated_at=now,
+        )
+        tokens = OAuth2Tokens(
+            access_token=grant["access_token"],
+            refresh_token=grant["refresh_token"],
+            scope=grant["scope"],
+            expires_at=now + expires_in,
+        )
+        conn.mark_connected(
+            seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher), now=now
+        )
+        await self.store.save(conn)
+        return conn
+
+    async def stored(self, connection_id: UUID) -> ProviderConnection:
+        conn = await self.store.find_by_id(connection_id)
+        assert conn is not None
+        return conn
+
+    async def tokens_of(self, connection_id: UUID) -> OAuth2Tokens:
+        conn = await self.stored(connection_id)
+        assert conn.credentials is not None
+        return open_credentials(
+            conn.credentials, connection_id=conn.id, cipher=self.cipher, expect=OAuth2Tokens
+        )
+
+    def grant(self, subject: str = "alice") -> dict[str, Any]:
+        [grant] = self.running.sandbox.grants(subject)
+        return grant
+
+    def stats(self) -> dict[str, Any]:
+        return self.running.sandbox.stats()
+
+    def refreshes_issued(self) -> int:
+        issued: int = self.stats()["issued"].get("refresh_token", 0)
+        return issued
+
+    def refresh_requests(self) -> int:
+        stats = self.stats()
+        refused: int = sum(stats["refused"].get("refresh_token", {}).values())
+        return self.refreshes_issued() + refused
+
+    async def claimable(self, policy: RefreshPolicy = POLICY) -> set[UUID]:
+        claims = await self.store.claim_due(
+            "probe",
+            horizon=policy.horizon,
+            lease=policy.lease,
+            limit=100,
+            max_failures=policy.max_attempts,
+        )
+        ids = [c.connection.id for c in claims]
+        await self.store.release_claims(ids, "probe")
+        return set(ids)
+
+
+@pytest.fixture
+async def bench(
+    store: ConnectionStore, running_sandbox: RunningSandbox, clock: FakeClock
+) -> AsyncIterator[Bench]:
+    registry = load_registry(env=running_sandbox.env())
+    cipher = AesGcmCipher(KeyRing([Key.generate("k1")]))
+    async with WatchedTokenClient() as tokens:
+        yield Bench(store, registry, cipher, running_sandbox, clock, tokens)
+
+
+# --- what a refresh stores ---------------------------------------------------------------
+
+
+async def test_a_refresh_stores_the_issued_tokens_and_recomputes_expiry_from_expires_in(
+    bench: Bench,
+) -> None:
+    bench.running.sandbox.settings.update({"access_token_ttl": 900})
+    conn = await bench.connection()
+    bench.clock.advance(minutes=1)
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    grant = bench.grant()
+    tokens = await bench.tokens_of(conn.id)
+    assert (tokens.access_token, tokens.refresh_token) == (
+        grant["access_token"],
+        grant["refresh_token"],
+    )
+    assert tokens.expires_at == bench.clock.now + timedelta(seconds=900)
+    stored = await bench.stored(conn.id)
+    assert stored.status is ConnectionStatus.ACTIVE
+    assert stored.credentials is not None
+    assert stored.credentials.expires_at == tokens.expires_at
+    assert worker.metrics.refreshed == 1
+    bench.clock.advance(seconds=900 - 600 - 1)
+    assert await worker.run_once() == 0
+    bench.clock.advance(seconds=1)
+    assert await worker.run_once() == 1
+    assert bench.grant()["refreshes"] == 2
+    assert bench.stats()["refused_total"] == 0
+
+
+async def test_a_provider_that_sends_no_refresh_token_keeps_the_stored_one_working(
+    bench: Bench,
+) -> None:
+    bench.running.sandbox.settings.update(
+        {"rotate_refresh_tokens": False, "echo_refresh_token": False}
+    )
+    conn = await bench.connection()
+    original = (await bench.tokens_of(conn.id)).refresh_token
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    tokens = await bench.tokens_of(conn.id)
+    assert tokens.refresh_token == original
+    assert tokens.access_token == bench.grant()["access_token"]
+    assert bench.grant()["refresh_token"] == original
+    bench.clock.advance(minutes=30)
+    assert await worker.run_once() == 1
+    assert (await bench.tokens_of(conn.id)).refresh_token == original
+    assert bench.grant()["refreshes"] == 2
+    assert bench.stats()["refused_total"] == 0
+
+
+async def test_a_rotated_refresh_token_replaces_the_old_one_which_the_provider_then_refuses(
+    bench: Bench,
+) -> None:
+    bench.running.sandbox.settings.update({"revoke_family_on_reuse": False})
+    conn = await bench.connection()
+    original = (await bench.tokens_of(conn.id)).refresh_token
+    assert original is not None
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    rotated = (await bench.tokens_of(conn.id)).refresh_token
+    assert rotated == bench.grant()["refresh_token"]
+    assert rotated != original
+    with pytest.raises(InvalidGrantError):
+        await bench.tokens.refresh(bench.provider, refresh_token=original)
+    bench.clock.advance(minutes=30)
+    assert await worker.run_once() == 1
+    assert worker.metrics.refreshed == 2
+    assert (await bench.tokens_of(conn.id)).refresh_token == bench.grant()["refresh_token"]
+    assert bench.stats()["refused"]["refresh_token"] == {"refresh_token_reused": 1}
+
+
+# --- races with the user -----------------------------------------------------------------
+
+
+async def test_a_disconnect_between_claim_and_save_discards_the_new_tokens_for_good(
+    bench: Bench,
+) -> None:
+    conn = await bench.connection()
+
+    async def disconnect() -> None:
+        current = await bench.stored(conn.id)
+        current.mark_disconnected(now=bench.clock.now)
+        await bench.store.save(current)
+
+    bench.tokens.meanwhile = disconnect
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    assert worker.metrics.outcomes[Outcome.LOST_RACE] == 1
+    assert worker.metrics.refreshed == 0
+    assert bench.refreshes_issued() == 1
+    stored = await bench.stored(conn.id)
+    assert stored.status is ConnectionStatus.DISCONNECTED
+    assert stored.credentials is None
+    bench.tokens.meanwhile = None
+    bench.clock.advance(hours=1)
+    assert await worker.run_once() == 0
+    assert await refresh_now(worker, conn.id) is None
+    assert (await bench.stored(conn.id)).status is ConnectionStatus.DISCONNECTED
+
+
+async def test_a_rename_between_claim_and_save_is_kept_and_the_refresh_reapplied(
+    bench: Bench,
+) -> None:
+    conn = await bench.connection(alias="before")
+
+    async def rename() -> None:
+        current = await bench.stored(conn.id)
+        current.rename("after", now=bench.clock.now)
+        await bench.store.save(current)
+
+    bench.tokens.meanwhile = rename
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    assert worker.metrics.refreshed == 1
+    stored = await bench.stored(conn.id)
+    assert (stored.status, stored.alias) == (ConnectionStatus.ACTIVE, "after")
+    assert (await bench.tokens_of(conn.id)).refresh_token == bench.grant()["refresh_token"]
+
+
+async def test_a_reconnect_between_claim_and_save_keeps_the_new_grant(bench: Bench) -> None:
+    conn = await bench.connection("alice")
+    [fresh_grant] = bench.running.sandbox.seed_grants(["alice-again"])
+
+    async def reconnect() -> None:
+        current = await bench.stored(conn.id)
+        current.mark_expired("refresh refused", now=bench.clock.now)
+        tokens = OAuth2Tokens(
+            access_token=fresh_grant["access_token"],
+            refresh_token=fresh_grant["refresh_token"],
+            expires_at=bench.clock.now + timedelta(hours=1),
+        )
+        sealed = seal_credentials(tokens, connection_id=conn.id, cipher=bench.cipher)
+        current.mark_connected(sealed, now=bench.clock.now)
+        await bench.store.save(current)
+
+    bench.tokens.meanwhile = reconnect
+    worker = bench.worker()
+
+    assert await worker.run_once() == 1
+
+    assert worker.metrics.outcomes[Outcome.LOST_RACE] == 1
+    stored_tokens = await bench.tokens_of(conn.id)
+    assert stored_tokens.refresh_token == fresh_grant["refresh_token"]
+    assert (await bench.stored(conn.id)).status is ConnectionStatus.ACTIVE
+
+
+# --- concurrency, shutdown, refresh now -----------------------------------------------
+
+
+async def test_a_worker_never_has_more_refreshes_in_flight_than_its_concurrency(
+    bench: Bench,
+) -> None:
+    conns = [await bench.connection(f"user-{n}") for n in range(12)]
+    bench.running.sandbox.inject_fault(FaultKind.SLOW, count=None, delay=0.05)
+    worker = bench.worker(RefreshPolicy(concurrency=3, max_attempts=3))
+
+    assert await worker.run_once() == 12
+
+    assert bench.tokens.peak == 3
+    assert worker.metrics.refreshed == 12
+    assert bench.refreshes_issued() == 12
+    for n, conn in enumerate(conns):
+        tokens = await bench.tokens_of(conn.id)
+        assert tokens.refresh_token == bench.grant(f"user-{n}")["refresh_token"]
+
+
+async def test_stop_lets_in_flight_refreshes_finish_and_hands_back_the_unstarted_claims(
+    bench: Bench,
+) -> None:
+    conns = {(await bench.connection(f"user-{n}")).id: f"user-{n}" for n in range(6)}
+    seeded = {cid: (await bench.tokens_of(cid)).refresh_token for cid in conns}
+    bench.running.sandbox.inject_fault(FaultKind.SLOW, count=None, delay=0.3)
+    worker = bench.worker(RefreshPolicy(batch_size=6, concurrency=2, idle_poll=0.01))
+    stop = asyncio.Event()
+
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(bench.tokens.until_in_flight(2), timeout=5)
+    stop.set()
+    await asyncio.wait_for(running, timeout=5)
+
+    assert worker.metrics.claimed == 6
+    assert worker.metrics.refreshed == 2
+    assert bench.refreshes_issued() == 2
+    refreshed, unstarted = set(), set()
+    for cid, subject in conns.items():
+        stored = (await bench.tokens_of(cid)).refresh_token
+        grant = bench.grant(subject)
+        if grant["refreshes"] == 1:
+            assert stored == grant["refresh_token"] != seeded[cid]
+            refreshed.add(cid)
+        else:
+            assert (grant["refreshes"], stored) == (0, seeded[cid])
+            unstarted.add(cid)
+    assert len(refreshed) == 2
+    assert await bench.claimable() == unstarted
+
+
+async def test_refresh_now_refreshes_one_connection_unless_another_worker_holds_it(
+    bench: Bench,
+) -> None:
+    conn = await bench.connection(expires_in=timedelta(days=1))
+    worker = bench.worker()
+
+    assert await refresh_now(worker, conn.id) is Outcome.REFRESHED
+    assert (await bench.tokens_of(conn.id)).access_token == bench.grant()["access_token"]
+    assert await bench.store.claim_connection(conn.id, "worker-2", lease=POLICY.lease)
+    assert await refresh_now(worker, conn.id) is None
+    assert await refresh_now(worker, uuid4()) is None
+    assert bench.refreshes_issued() == 1
+
+
+# --- observability -------------------------------------------------------------------
+
+
+def record_texts(records: Sequence[logging.LogRecord]) -> list[str]:
+    texts = []
+    for record in records:
+        texts += [record.getMessage(), repr(record.args)]
+        texts += [repr(value) for value in vars(record).values()]
+    return texts
+
+
+async def test_a_mixed_run_logs_one_line_per_refresh_without_tokens_and_counts_outcomes(
+    bench: Bench, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ok = [await bench.connection(f"ok-{n}") for n in range(3)]
+    bad = await bench.connection("bad", expires_in=timedelta(minutes=4))
+    bench.running.sandbox.revoke_subject("bad")
+    flaky = await bench.connection("flaky", expires_in=timedelta(hours=-1))
+    leased = await bench.connection("leased", expires_in=timedelta(hours=-2))
+    await bench.store.claim_connection(leased.id, "worker-2", lease=POLICY.lease)
+    later = await bench.connection("later", expires_in=timedelta(hours=2))
+    # Claims run in expiry order; one lane sends the most overdue (flaky) first into the fault.
+    bench.running.sandbox.inject_fault(FaultKind.SERVER_ERROR, status=500)
+    worker = bench.worker(RefreshPolicy(concurrency=1, max_attempts=3))
+
+    assert await worker.run_once() == 5
+    await worker.update_gauges()
+
+    assert worker.metrics.refreshed == 3
+    assert worker.metrics.failed_by_class() == {"expired": 1, "unavailable": 1}
+    assert worker.metrics.due_unclaimed == 1
+    assert worker.metrics.oldest_overdue_seconds == 3600.0
+    lines = [
+        r
+        for r in caplog.records
+        if r.name == "linkvault.refresher" and r.getMessage().startswith("refresh connection_id=")
+    ]
+    expected = {str(c.id): "refreshed" for c in ok}
+    expected |= {str(bad.id): "expired", str(flaky.id): "unavailable"}
+    assert {vars(r)["connection_id"]: vars(r)["outcome"] for r in lines} == expected
+    assert len(lines) == 5
+    for line in lines:
+        assert vars(line)["provider"] == "sandbox"
+        assert isinstance(vars(line)["duration_ms"], float)
+        assert vars(line)["duration_ms"] >= 0
+        assert vars(line)["connection_id"] in line.getMessage()
+        assert f"outcome={vars(line)['outcome']}" in line.getMessage()
+    assert later.id not in {UUID(cid) for cid in expected}
+    secrets = {
+        g[k]
+        for g in [*bench.seeded, *bench.running.sandbox.grants()]
+        for k in ("access_token", "refresh_token")
+    }
+    assert len(secrets) == 2 * (7 + 3)
+    texts = record_texts(caplog.records)
+    assert all(secret not in text for secret in secrets for text in texts)
