@@ -35,6 +35,15 @@ class ConnectionFilter:
     expiring_before: datetime | None = None
 
 
+def list_query(where: ConnectionFilter) -> str:
+    """The named listing query whose index fits the filter: by user, by expiry, or by id."""
+    if where.user_id is not None:
+        return "list_by_user"
+    if where.expiring_before is not None:
+        return "list_expiring"
+    return "list_all"
+
+
 def check_limit(limit: int) -> int:
     """Validate a page size."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:

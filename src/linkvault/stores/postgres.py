@@ -35,6 +35,7 @@ from linkvault.stores.common import (
     check_limit,
     check_minutes,
     check_owner,
+    list_query,
 )
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
@@ -333,7 +334,7 @@ class PostgresConnectionRepository:
         f = where or ConnectionFilter()
         return await self._many(
             "list_connections",
-            _Q["list_page"],
+            _Q[list_query(f)],
             f.user_id,
             f.provider_id,
             f.status.value if f.status else None,

@@ -43,6 +43,7 @@ from linkvault.stores.common import (
     check_limit,
     check_minutes,
     check_owner,
+    list_query,
 )
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
@@ -379,7 +380,7 @@ class SqliteConnectionRepository:
         f = where or ConnectionFilter()
         return await self._many(
             "list_connections",
-            _Q["list_page"],
+            _Q[list_query(f)],
             f.user_id.bytes if f.user_id else None,
             f.provider_id.bytes if f.provider_id else None,
             f.status.value if f.status else None,

@@ -67,15 +67,42 @@ DELETE FROM provider_connections
 WHERE id = ?1
 RETURNING id;
 
--- name: list_page
--- Keyset pagination in id order (UUIDv7: creation order); each filter is optional.
+-- name: list_by_user
+-- A listing driven by the user index; the other filters only narrow the user's few rows.
+-- Keyset pagination in id order (UUIDv7: creation order).
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE user_id = ?1
+  AND (?2 IS NULL OR provider_id = ?2)
+  AND (?3 IS NULL OR status = ?3)
+  AND (?5 IS NULL OR id > ?5)
+  AND (?4 IS NULL OR (status = 'active' AND credentials_expire_at <= ?4))
+ORDER BY id
+LIMIT ?6;
+
+-- name: list_expiring
+-- A listing driven by the partial expiry index (?1 is unused: always NULL here).
+SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
+FROM provider_connections
+WHERE status = 'active'
+  AND credentials_expire_at IS NOT NULL
+  AND credentials_expire_at <= ?4
+  AND (?1 IS NULL OR user_id = ?1)
+  AND (?2 IS NULL OR provider_id = ?2)
+  AND (?3 IS NULL OR status = ?3)
+  AND (?5 IS NULL OR id > ?5)
+ORDER BY id
+LIMIT ?6;
+
+-- name: list_all
+-- A listing in primary-key order; provider and status only filter.
 SELECT id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version
 FROM provider_connections
 WHERE (?1 IS NULL OR user_id = ?1)
   AND (?2 IS NULL OR provider_id = ?2)
   AND (?3 IS NULL OR status = ?3)
-  AND (?4 IS NULL OR (status = 'active' AND credentials_expire_at <= ?4))
   AND (?5 IS NULL OR id > ?5)
+  AND (?4 IS NULL OR (status = 'active' AND credentials_expire_at <= ?4))
 ORDER BY id
 LIMIT ?6;
 
