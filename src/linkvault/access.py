@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from linkvault.errors import ConfigurationError
+from linkvault.private_files import read_private_text, write_private_file
 from linkvault.settings import Settings
 
 __all__ = [
@@ -179,33 +178,13 @@ def generate_api_key(
     return plaintext, ApiKeyEntry(name, chosen, hash_api_key(plaintext))
 
 
-def _check_private(path: Path, mode: int) -> None:
-    if os.name == "nt":
-        return
-    if not stat.S_ISREG(mode):
-        raise ConfigurationError(f"API key file {path} is not a regular file")
-    if mode & 0o077:
-        raise ConfigurationError(
-            f"API key file {path} is accessible to group or others (mode "
-            f"{stat.S_IMODE(mode):04o}); restrict it with `chmod 600 {path}`"
-        )
-
-
 def load_api_key_file(path: Path) -> ApiKeySet:
     """Keys from a file of entry lines and ``#`` comments, readable by its owner only."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            _check_private(path, os.fstat(handle.fileno()).st_mode)
-            raw = handle.read()
+        text = read_private_text(path, "API key file", ConfigurationError)
     except FileNotFoundError:
         raise ConfigurationError(f"API key file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read API key file {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise ConfigurationError(f"API key file {path} is not ASCII text") from None
     lines = (
         (f"line {n} of API key file {path}", line.split("#", 1)[0].strip())
         for n, line in enumerate(text.splitlines(), 1)
@@ -228,7 +207,8 @@ def load_or_create_api_key_file(
 ) -> ApiKeySet:
     """Load the key file, or create it (mode 0600) with one admin key shown once via `announce`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        return load_api_key_file(path)
     plaintext, entry = generate_api_key("admin", ALL_SCOPES)
     content = (
         "# linkvault API keys: name:scope+scope:sha256hex, one per line.\n"
@@ -236,18 +216,12 @@ def load_or_create_api_key_file(
         f"{entry.spec}\n"
     ).encode("ascii")
     try:
-        # O_EXCL: a file another process created meanwhile is loaded, never overwritten.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        created = write_private_file(path, content, replace=False)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create API key file {path}: {exc.strerror}") from None
+    if not created:
+        # Another process created it first: its key is the one shown.
         return load_api_key_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
     announce(
         f"linkvault: created API key file {path.resolve()} with one key, 'admin' "
         f"(scopes: read, write, credentials).\n"

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkvault.errors import DecryptionError, InvalidArgumentError, KeyRingError, UnknownKeyError
+from linkvault.private_files import read_private_text, write_private_file
 
 __all__ = [
     "BLOB_FORMAT_VERSION",
@@ -369,64 +369,35 @@ def load_key_file(path: Path, *, active: str | None = None) -> KeyRing:
     """A ring from a file of ``id:base64`` lines and ``#`` comments, readable by its owner only."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            _check_private(path, mode)
-            raw = handle.read()
+        text = read_private_text(path, "key file", KeyRingError)
     except FileNotFoundError:
         raise KeyRingError(
             f"key file {path} does not exist; write one with `linkvault keys generate > {path}` "
             f"and `chmod 600 {path}`"
         ) from None
-    except OSError as exc:
-        raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise KeyRingError(f"key file {path} is not ASCII text") from None
     return _ring(_file_entries(text, path), active, f"key file {path}")
-
-
-def _check_private(path: Path, mode: int) -> None:
-    if os.name == "nt":
-        return
-    if not stat.S_ISREG(mode):
-        raise KeyRingError(f"key file {path} is not a regular file")
-    if mode & 0o077:
-        raise KeyRingError(
-            f"key file {path} is accessible to group or others (mode "
-            f"{stat.S_IMODE(mode):04o}); restrict it with `chmod 600 {path}`"
-        )
 
 
 def load_or_create_key_file(path: Path = DEFAULT_KEY_FILE, *, active: str | None = None) -> KeyRing:
     """Load the key file, creating it (mode 0600, one new key) when it does not exist yet."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    entry = generate_key()
     content = (
         "# linkvault encryption keys: id:base64url, one per line, the first is active.\n"
         "# Without this file the stored credentials cannot be decrypted: back it up.\n"
-        f"{entry}\n"
+        f"{generate_key()}\n"
     ).encode("ascii")
-    try:
-        # O_EXCL: a file that appeared meanwhile (another process) is loaded, never overwritten.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return load_key_file(path, active=active)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    logger.warning(
-        "created a new encryption key file at %s (mode 0600); back it up, "
-        "the stored credentials cannot be decrypted without it",
-        path.resolve(),
-    )
+        created = write_private_file(path, content, replace=False)
+    except OSError as exc:
+        raise KeyRingError(f"cannot create key file {path}: {exc.strerror}") from None
+    if created:
+        logger.warning(
+            "created a new encryption key file at %s (mode 0600); back it up, "
+            "the stored credentials cannot be decrypted without it",
+            path.resolve(),
+        )
     return load_key_file(path, active=active)
 
 
@@ -450,33 +421,12 @@ def remove_key_from_file(path: Path, key_id: str, *, active: str | None = None) 
     )
     # Checked before anything is written: a rewrite must never leave an unloadable file.
     after = _ring(_file_entries(kept, path), before.active_id, f"key file {path}")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(kept.encode("ascii"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
+        write_private_file(path, kept.encode("ascii"), replace=True)
     except OSError as exc:
         raise KeyRingError(f"cannot rewrite key file {path}: {exc.strerror}") from None
     logger.info("removed key %r from key file %s", key_id, path)
     return after
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is; not possible on Windows.
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def keyring_from_settings(
