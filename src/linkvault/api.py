@@ -14,7 +14,6 @@ import dataclasses
 import html
 import logging
 import re
-import signal
 import socket
 import threading
 import time
@@ -79,6 +78,7 @@ from linkvault.errors import (
 from linkvault.providers import AuthStyle, Provider
 from linkvault.refresher import Outcome, refresh_now
 from linkvault.runtime import Runtime
+from linkvault.serving import Server, bind_loopback, socket_url
 from linkvault.settings import Settings
 from linkvault.stores.common import MAX_MINUTES, ConnectionFilter
 
@@ -1549,55 +1549,8 @@ async def serve(
 ) -> None:
     """Serve the API (and, by default, the refresh worker) until SIGINT/SIGTERM, then return."""
     app = create_app(runtime, access, run_worker=run_worker)
-    server = _Server(_config(app, host, port, log_level))
+    server = Server(_config(app, host, port, log_level))
     await server.serve(sockets=sockets)
-
-
-def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening socket for `serve(sockets=...)`; port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Without TCP_NODELAY, Nagle plus delayed ACKs cost 40 ms per keep-alive response.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def socket_url(sock: socket.socket) -> str:
-    """The http:// base URL a bound socket serves."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    def __init__(
-        self, config: uvicorn.Config, on_started: Callable[[], None] | None = None
-    ) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and self._on_started is not None:
-            self._on_started()
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn re-raises a caught SIGTERM after its graceful stop, which would kill the
-        # process before the caller closes the runtime; here the stop just returns.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1630,7 +1583,7 @@ def api_in_thread(
         runtime = await Runtime.open(settings, env=env)
         try:
             app = create_app(runtime, access, run_worker=run_worker)
-            server = _Server(_config(app, "127.0.0.1", 0, "warning"), started.set)
+            server = Server(_config(app, "127.0.0.1", 0, "warning"), started.set)
             servers.append(server)
             await server.serve(sockets=[sock])
         finally:

@@ -20,7 +20,6 @@ import random
 import re
 import secrets
 import select
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from linkvault.providers import (
     builtin_providers_text,
     parse_providers,
 )
+from linkvault.serving import Server, bind_loopback, socket_url
 
 DEFAULT_CLIENT_ID = "linkvault-sandbox"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"  # a test fixture, not a credential
@@ -1087,38 +1087,9 @@ class RunningSandbox:
         }
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this; without it Nagle plus delayed ACKs cost 40 ms per
-    # keep-alive request, as asyncio does not set it on sockets handed to create_server.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self._on_started()
-
-
 def _server(
     sandbox: Sandbox, log_level: str, access_log: bool, on_started: Callable[[], None]
-) -> _Server:
+) -> Server:
     config = uvicorn.Config(
         sandbox.app,
         log_level=log_level,
@@ -1127,7 +1098,7 @@ def _server(
         timeout_graceful_shutdown=5,
         backlog=2048,
     )
-    return _Server(config, on_started)
+    return Server(config, on_started)
 
 
 def serve_sandbox(
@@ -1145,8 +1116,8 @@ def serve_sandbox(
     One process, one event loop: the sandbox keeps its state in memory.
     """
     sandbox = sandbox or Sandbox(config)
-    sock = _bind(host, port)
-    url = _url(sock)
+    sock = bind_loopback(host, port)
+    url = socket_url(sock)
     server = _server(sandbox, log_level, access_log, lambda: on_ready(url) if on_ready else None)
     try:
         server.run(sockets=[sock])
@@ -1164,7 +1135,7 @@ def sandbox_in_thread(
 ) -> Iterator[RunningSandbox]:
     """Serve a sandbox on a free loopback port in a background thread; stopped on exit."""
     sandbox = sandbox or Sandbox(config)
-    sock = _bind(host, 0)
+    sock = bind_loopback(host, 0)
     started = threading.Event()
     server = _server(sandbox, "warning", False, started.set)
     thread = threading.Thread(
@@ -1176,7 +1147,7 @@ def sandbox_in_thread(
         while not started.wait(0.05):
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the sandbox server did not start")
-        yield RunningSandbox(_url(sock), sandbox)
+        yield RunningSandbox(socket_url(sock), sandbox)
     finally:
         server.should_exit = True
         thread.join(timeout=startup_timeout)
