@@ -38,6 +38,20 @@ class _Schedule:
     error: str | None = None
 
 
+def _due_expiry(c: ProviderConnection, horizon: datetime) -> datetime | None:
+    """The expiry of an ACTIVE refreshable connection due by `horizon`, else None."""
+    creds = c.credentials
+    if (
+        c.status is ConnectionStatus.ACTIVE
+        and creds is not None
+        and creds.supports_refresh
+        and creds.expires_at is not None
+        and creds.expires_at <= horizon
+    ):
+        return creds.expires_at
+    return None
+
+
 def _ordered(rows: list[ProviderConnection]) -> list[ProviderConnection]:
     return sorted(rows, key=lambda c: (c.created_at, c.id))
 
@@ -216,13 +230,9 @@ class InMemoryConnectionRepository:
             due = []
             for c in self._rows.values():
                 s = self._schedules.setdefault(c.id, _Schedule())
-                expiry = c.credentials.expires_at if c.credentials else None
+                expiry = _due_expiry(c, now + horizon)
                 if (
-                    c.status is ConnectionStatus.ACTIVE
-                    and c.credentials is not None
-                    and c.credentials.supports_refresh
-                    and expiry is not None
-                    and expiry <= now + horizon
+                    expiry is not None
                     and (s.next_at is None or s.next_at <= now)
                     and (s.until is None or s.until <= now)
                     and s.failures < max_failures
@@ -288,13 +298,9 @@ class InMemoryConnectionRepository:
             expiries = []
             for c in self._rows.values():
                 s = self._schedules.get(c.id, _Schedule())
-                expiry = c.credentials.expires_at if c.credentials else None
+                expiry = _due_expiry(c, now + horizon)
                 if (
-                    c.status is ConnectionStatus.ACTIVE
-                    and c.credentials is not None
-                    and c.credentials.supports_refresh
-                    and expiry is not None
-                    and expiry <= now + horizon
+                    expiry is not None
                     and (s.until is None or s.until <= now)
                     and (max_failures is None or s.failures < max_failures)
                 ):
