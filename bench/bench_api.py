@@ -33,10 +33,11 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key, parse_api_keys
-from linkvault.api import bind_loopback, serve, socket_url
+from linkvault.api import serve
 from linkvault.credentials import ApiKeyCredentials
 from linkvault.crypto import generate_key
 from linkvault.runtime import Runtime
+from linkvault.serving import bind_loopback, socket_url
 from linkvault.settings import Settings
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"

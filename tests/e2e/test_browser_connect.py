@@ -10,9 +10,10 @@ import pytest
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import CALLBACK_PATH, api_in_thread, bind_loopback, socket_url
+from linkvault.api import CALLBACK_PATH, api_in_thread
 from linkvault.crypto import generate_key
 from linkvault.sandbox import sandbox_in_thread
+from linkvault.serving import bind_loopback, socket_url
 from linkvault.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"

@@ -15,7 +15,8 @@ from linkvault.crypto import generate_key
 SERVE = """
 import asyncio, sys
 from linkvault.access import access_from_settings
-from linkvault.api import bind_loopback, serve, socket_url
+from linkvault.api import serve
+from linkvault.serving import bind_loopback, socket_url
 from linkvault.runtime import Runtime
 from linkvault.settings import Settings
 
