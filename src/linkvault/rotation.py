@@ -47,8 +47,6 @@ log = logging.getLogger("linkvault.rotation")
 
 ProgressCallback = Callable[[int, int], object]
 
-# The empty prefix matches every blob: counting it counts every row that holds credentials.
-_ANY_BLOB = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,16 +181,11 @@ async def key_usage(store: ConnectionStore, keyring: KeyRing) -> dict[str, int]:
 
 async def count_outside_ring(store: ConnectionStore, keyring: KeyRing) -> int:
     """How many connections hold blobs under keys the ring lacks (or no readable key id)."""
-    every = await store.count_sealed_with(_ANY_BLOB)
-    usage = await key_usage(store, keyring)
-    # Two counts, two moments: concurrent writes may skew them, never below zero.
-    return max(0, every - sum(usage.values()))
+    return await store.count_sealed_outside([key.prefix for key in keyring])
 
 
 async def _count_outside_active(store: ConnectionStore, keyring: KeyRing) -> int:
-    every = await store.count_sealed_with(_ANY_BLOB)
-    current = await store.count_sealed_with(keyring.active.prefix)
-    return max(0, every - current)
+    return await store.count_sealed_outside([keyring.active.prefix])
 
 
 async def _outside_active(store: ConnectionStore, cipher: AesGcmCipher, row: UUID) -> bool:

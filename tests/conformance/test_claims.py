@@ -239,3 +239,19 @@ async def test_the_backlog_can_leave_out_connections_out_of_attempts(
 
     assert (await store.refresh_backlog(HORIZON)).unclaimed == 2
     assert (await store.refresh_backlog(HORIZON, max_failures=2)).unclaimed == 1
+
+
+async def test_blobs_outside_a_set_of_headers_are_counted_in_one_query(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    for n, header in enumerate([b"\x01\x02aa", b"\x01\x02bb", b"\x01\x03ccc", b"\x01\x02bb"]):
+        conn = make(clock)
+        conn.mark_connected(
+            ProviderCredentials(header + bytes([n]) * 20, CredentialType.OAUTH2), now=clock.now
+        )
+        await saved(store, conn)
+    await saved(store, make(clock))
+
+    assert await store.count_sealed_outside([b"\x01\x02aa", b"\x01\x02bb"]) == 1
+    assert await store.count_sealed_outside([b"\x01\x03ccc"]) == 3
+    assert await store.count_sealed_outside([]) == 4

@@ -321,6 +321,17 @@ class InMemoryConnectionRepository:
         )
         return sorted(rows, key=lambda c: c.id.bytes)[:size]
 
+    async def count_sealed_outside(self, prefixes: Sequence[bytes]) -> int:
+        """How many connections hold credentials starting with none of `prefixes`."""
+        headers = tuple(prefixes)
+        rows = await self._read(
+            lambda c: (
+                c.credentials is not None
+                and not any(c.credentials.encrypted_data.startswith(h) for h in headers)
+            )
+        )
+        return len(rows)
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         rows = await self._read(

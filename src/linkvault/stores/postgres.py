@@ -408,6 +408,11 @@ class PostgresConnectionRepository:
             "find_sealed_outside", _Q["find_sealed_outside"], prefix, after, check_limit(limit)
         )
 
+    async def count_sealed_outside(self, prefixes: Sequence[bytes]) -> int:
+        """How many connections hold credentials starting with none of `prefixes`."""
+        query, headers = _Q["count_sealed_outside"], list(prefixes)
+        return int(await self._call("count_sealed_outside", lambda c: c.fetchval(query, headers)))
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         query = _Q["count_sealed_with"]

@@ -480,6 +480,15 @@ class SqliteConnectionRepository:
             check_limit(limit),
         )
 
+    async def count_sealed_outside(self, prefixes: Sequence[bytes]) -> int:
+        """How many connections hold credentials starting with none of `prefixes`."""
+        query = _Q["count_sealed_outside"]
+        headers = json.dumps([p.hex().upper() for p in prefixes])
+        row = await self._call(
+            "count_sealed_outside", lambda db: db.execute(query, (headers,)).fetchone()
+        )
+        return int(row[0])
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         query = _Q["count_sealed_with"]

@@ -202,3 +202,13 @@ RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, e
 
 -- name: purge_states
 DELETE FROM oauth_states WHERE expires_at < $1;
+
+-- name: count_sealed_outside
+-- Rotation: connections whose credentials start with none of these headers, in one snapshot.
+SELECT count(*)
+FROM provider_connections
+WHERE encrypted_credentials IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest($1::bytea[]) AS header
+      WHERE substring(encrypted_credentials FROM 1 FOR length(header)) = header
+  );

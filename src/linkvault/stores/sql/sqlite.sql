@@ -193,3 +193,14 @@ RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, e
 
 -- name: purge_states
 DELETE FROM oauth_states WHERE expires_at < ?1;
+
+-- name: count_sealed_outside
+-- Rotation: connections whose credentials start with none of these headers (hex, in a JSON
+-- array), in one snapshot.
+SELECT count(*)
+FROM provider_connections
+WHERE encrypted_credentials IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM json_each(?1) AS header
+      WHERE hex(substr(encrypted_credentials, 1, length(header.value) / 2)) = header.value
+  );
