@@ -48,7 +48,6 @@ log = logging.getLogger("linkvault.rotation")
 ProgressCallback = Callable[[int, int], object]
 
 
-
 @dataclass(frozen=True, slots=True)
 class UnreadableBlob:
     """A connection whose credentials cannot be opened with the ring (never the bytes)."""
