@@ -447,7 +447,11 @@ class HttpxTokenClient:
         self._owned = http is None
         self._http = http or httpx.AsyncClient(
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                # Below the common 5 s server keep-alive: a request must not race the server
+                # closing an idle connection, for a rotating provider may have used the grant.
+                keepalive_expiry=2.0,
             ),
             follow_redirects=False,
         )
