@@ -218,11 +218,14 @@ class MalformedResponseError(OAuthError):
 class KeyInUseError(CryptoError):
     """A key cannot leave the ring while connections are still sealed under it."""
 
-    def __init__(self, key_id: str, rows: int) -> None:
-        noun = "connection is" if rows == 1 else "connections are"
+    def __init__(self, key_id: str, rows: int, *, what: str = "connection") -> None:
+        noun = f"{what} is" if rows == 1 else f"{what}s are"
+        if what == "connection":
+            advice = "run `linkvault keys rotate` first"
+        else:
+            advice = "they lapse within 10 minutes of their start: retire it after that"
         super().__init__(
-            f"key {key_id!r} cannot be retired: {rows} {noun} still sealed under it; "
-            "run `linkvault keys rotate` first"
+            f"key {key_id!r} cannot be retired: {rows} {noun} still sealed under it; {advice}"
         )
         self.key_id = key_id
         self.rows = rows

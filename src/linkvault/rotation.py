@@ -301,4 +301,7 @@ async def retire(store: ConnectionStore, keyring: KeyRing, key_id: str) -> KeyRi
     rows = await store.count_sealed_with(prefix)
     if rows:
         raise KeyInUseError(key_id, rows)
+    pending = await store.count_states_sealed_with(prefix)
+    if pending:
+        raise KeyInUseError(key_id, pending, what="pending authorization")
     return keyring.without(key_id)

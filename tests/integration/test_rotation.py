@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 from collections.abc import Sequence
@@ -42,7 +43,9 @@ from linkvault.rotation import (
     rotate,
 )
 from linkvault.stores import ConnectionStore
+from linkvault.stores.common import PendingAuthorization
 from linkvault.stores.postgres import PostgresConnectionRepository
+from tests.support import FakeClock
 
 PROVIDER = UUID("0190a5b0-0000-7000-8000-000000000001")
 EXPIRY = datetime(2031, 1, 1, tzinfo=UTC)
@@ -339,6 +342,31 @@ async def test_retire_refuses_a_key_in_use_or_active_and_drops_it_once_unused(
     assert smaller.ids == ("B",)
     assert smaller.active_id == "B"
     await assert_rows_match(store, expected)
+
+
+async def test_retire_waits_for_pending_authorizations_sealed_under_the_key(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = ProviderConnection(user_id=uuid4(), provider_id=PROVIDER, provider_slug="sandbox")
+    await store.save(conn)
+    await store.put_state(
+        PendingAuthorization(
+            state_hash=os.urandom(32),
+            connection_id=conn.id,
+            sealed_verifier=CIPHER_A.seal(b"verifier", connection_id=conn.id),
+            redirect_uri="http://127.0.0.1:8000/v1/oauth/callback",
+            return_to=None,
+            created_at=clock.now,
+            expires_at=clock.now + timedelta(minutes=10),
+        )
+    )
+
+    with pytest.raises(KeyInUseError) as refused:
+        await retire(store, RING_AB, "A")
+    assert "1 pending authorization is still sealed under it" in str(refused.value)
+
+    clock.advance(minutes=10, seconds=1)
+    assert (await retire(store, RING_AB, "A")).ids == ("B",)
 
 
 @dataclass

@@ -332,6 +332,16 @@ class InMemoryConnectionRepository:
         )
         return len(rows)
 
+    async def count_states_sealed_with(self, prefix: bytes) -> int:
+        """How many unexpired pending authorizations were sealed under the key of `prefix`."""
+        async with self._lock:
+            now = self._clock()
+            return sum(
+                1
+                for p in self._states.values()
+                if p.expires_at > now and p.sealed_verifier.startswith(prefix)
+            )
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         rows = await self._read(

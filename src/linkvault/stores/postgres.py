@@ -413,6 +413,14 @@ class PostgresConnectionRepository:
         query, headers = _Q["count_sealed_outside"], list(prefixes)
         return int(await self._call("count_sealed_outside", lambda c: c.fetchval(query, headers)))
 
+    async def count_states_sealed_with(self, prefix: bytes) -> int:
+        """How many unexpired pending authorizations were sealed under the key of `prefix`."""
+        query, now = _Q["count_states_sealed_with"], self._clock()
+        value = await self._call(
+            "count_states_sealed_with", lambda c: c.fetchval(query, prefix, now)
+        )
+        return int(value)
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         query = _Q["count_sealed_with"]

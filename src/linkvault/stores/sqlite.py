@@ -489,6 +489,14 @@ class SqliteConnectionRepository:
         )
         return int(row[0])
 
+    async def count_states_sealed_with(self, prefix: bytes) -> int:
+        """How many unexpired pending authorizations were sealed under the key of `prefix`."""
+        query, args = _Q["count_states_sealed_with"], (prefix, to_micros(self._clock()))
+        row = await self._call(
+            "count_states_sealed_with", lambda db: db.execute(query, args).fetchone()
+        )
+        return int(row[0])
+
     async def count_sealed_with(self, prefix: bytes) -> int:
         """How many connections hold credentials whose blob starts with `prefix`."""
         query = _Q["count_sealed_with"]

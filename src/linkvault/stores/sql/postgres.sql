@@ -212,3 +212,10 @@ WHERE encrypted_credentials IS NOT NULL
       SELECT 1 FROM unnest($1::bytea[]) AS header
       WHERE substring(encrypted_credentials FROM 1 FOR length(header)) = header
   );
+
+-- name: count_states_sealed_with
+-- Pending authorizations whose PKCE verifier was sealed under the key with this header.
+SELECT count(*)
+FROM oauth_states
+WHERE expires_at > $2
+  AND substring(sealed_verifier FROM 1 FOR length($1::bytea)) = $1::bytea;

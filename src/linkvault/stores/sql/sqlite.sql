@@ -204,3 +204,10 @@ WHERE encrypted_credentials IS NOT NULL
       SELECT 1 FROM json_each(?1) AS header
       WHERE hex(substr(encrypted_credentials, 1, length(header.value) / 2)) = header.value
   );
+
+-- name: count_states_sealed_with
+-- Pending authorizations whose PKCE verifier was sealed under the key with this header.
+SELECT count(*)
+FROM oauth_states
+WHERE expires_at > ?2
+  AND substr(sealed_verifier, 1, length(?1)) = ?1;
