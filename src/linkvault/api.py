@@ -53,7 +53,6 @@ from linkvault.credentials import (
     LinkTokenCredentials,
     OAuth2Tokens,
     open_credentials,
-    seal_credentials,
 )
 from linkvault.domain import (
     MAX_ALIAS_LENGTH,
@@ -1197,11 +1196,7 @@ def create_app(
                 "unsupported auth style",
             )
         credentials = _api_key_credentials(body.api_key, body.api_secret)
-        conn.mark_connected(
-            seal_credentials(credentials, connection_id=conn.id, cipher=runtime.cipher),
-            now=runtime.clock(),
-        )
-        await store.save(conn)
+        conn = await runtime.connect.reconnect_with_credentials(connection_id, credentials)
         return StartedConnection(connection=Connection.of(conn), authorize_url=None)
 
     @app.patch(

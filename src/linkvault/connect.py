@@ -225,6 +225,25 @@ class ConnectService:
             conn = fresh
         return CallbackResult(conn, pending.return_to)
 
+    async def reconnect_with_credentials(
+        self, connection_id: UUID, credentials: CredentialPayload
+    ) -> ProviderConnection:
+        """Reconnect an expired, revoked or failed key-based connection with new credentials."""
+        conn = await self.store.find_by_id(connection_id)
+        if conn is None:
+            raise NotFoundError(connection_id)
+        provider = self.registry.get(conn.provider_slug)
+        if provider.auth_style is AuthStyle.OAUTH2:
+            raise InvalidArgumentError(
+                f"provider {provider.slug!r} reconnects through OAuth2, not with a key"
+            )
+        conn.mark_connected(
+            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher),
+            now=self.clock(),
+        )
+        await self.store.save(conn)
+        return conn
+
     async def connect_with_credentials(
         self,
         *,
