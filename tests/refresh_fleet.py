@@ -8,6 +8,7 @@ stopping `linkvault worker` processes, reading what they did, and a loopback TCP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -38,7 +39,8 @@ from linkvault.stores.postgres import PostgresConnectionRepository
 SUMMARY = re.compile(r"linkvault worker: refreshed (\d+), other outcomes (.*)$", re.MULTILINE)
 STARTED = re.compile(r"refresh worker (\S+) started")
 REFRESHED = re.compile(r"refresh connection_id=(\S+) provider=\S+ outcome=refreshed ")
-RELEASED = re.compile(r"released (\d+) unstarted leases")
+RELEASED = re.compile(r"outcome=released ")
+REQUEST_MS = re.compile(r" request_ms=([0-9.]+)")
 
 
 def sandbox_registry_provider() -> Provider:
@@ -46,8 +48,11 @@ def sandbox_registry_provider() -> Provider:
     return load_registry(None, env={}).get("sandbox")
 
 
-def worker_env(database_url: str, keys: str, provider_url: str) -> dict[str, str]:
-    """The environment of a `linkvault worker` process pointed at this database and provider."""
+def worker_env(database_url: str, keys: str, provider_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a `linkvault worker` process pointed at this database and provider.
+
+    `settings` are more LINKVAULT_* variables, named without the prefix (lease_seconds="5").
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKVAULT_")}
     env.update(
         LINKVAULT_DATABASE_URL=database_url,
@@ -56,8 +61,40 @@ def worker_env(database_url: str, keys: str, provider_url: str) -> dict[str, str
         LINKVAULT_PROVIDER_SANDBOX_BASE_URL=provider_url,
         LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID=DEFAULT_CLIENT_ID,
         LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
+        LINKVAULT_PROVIDER_BANK_CLIENT_ID=DEFAULT_CLIENT_ID,
+        LINKVAULT_PROVIDER_BANK_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
     )
+    env.update({f"LINKVAULT_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+BANK_ID = "0b7e0b5e-3f6a-4d1e-9a43-6f0c2f1d8a21"
+
+
+def bank_providers_file(folder: Path, provider_url: str, *, grace: int) -> Path:
+    """A providers file declaring `bank`: the sandbox, rotating, with `grace` seconds of reuse."""
+    path = folder / "providers.toml"
+    path.write_text(
+        f"""[[providers]]
+slug = "bank"
+id = "{BANK_ID}"
+display_name = "A bank (the sandbox)"
+auth_style = "oauth2"
+base_url = "{provider_url}"
+authorize_url = "/oauth/authorize"
+token_url = "/oauth/token"
+scopes = ["accounts:read"]
+refreshes = true
+rotates_refresh_tokens = true
+refresh_token_reuse_grace = {grace}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def bank_provider(providers_file: Path) -> Provider:
+    return load_registry(providers_file, env={}).get("bank")
 
 
 # --- seeding -------------------------------------------------------------------
@@ -89,13 +126,14 @@ def due_connections(
     *,
     now: datetime,
     expires_within: timedelta = timedelta(minutes=5),
+    provider: Provider | None = None,
 ) -> list[ProviderConnection]:
     """ACTIVE sandbox connections, one per grant, sealed as the connect flow seals them.
 
     Expiries spread over `expires_within`, so the claim's expiry order means something.
     """
     cipher = AesGcmCipher(parse_keys(keys))
-    provider = sandbox_registry_provider()
+    provider = provider or sandbox_registry_provider()
     out = []
     step = expires_within / max(1, len(grants))
     for n, grant in enumerate(grants):
@@ -127,11 +165,18 @@ async def store_connections(database_url: str, connections: Iterable[ProviderCon
             await tx.save(conn)
 
 
-async def seed_due(database_url: str, admin: SandboxAdmin, keys: str, count: int) -> Seeded:
+async def seed_due(
+    database_url: str,
+    admin: SandboxAdmin,
+    keys: str,
+    count: int,
+    *,
+    provider: Provider | None = None,
+) -> Seeded:
     """Grants at the sandbox and their due connections in the database."""
     now = utc_now()
     grants = seed_grants(admin, count)
-    await store_connections(database_url, due_connections(grants, keys, now=now))
+    await store_connections(database_url, due_connections(grants, keys, now=now, provider=provider))
     return Seeded([UUID(g["subject"]) for g in grants], now)
 
 
@@ -204,17 +249,51 @@ async def lease_rows(database_url: str) -> list[asyncpg.Record]:
 
 
 async def schedule_summary(database_url: str) -> asyncpg.Record:
-    """Counts of leased rows, rows with failures, and rows scheduled for a retry."""
+    """Counts of leased rows, rows with failures, rows holding a lost attempt, most failures."""
     conn = await asyncpg.connect(database_url)
     try:
         row = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE refresh_lease_owner IS NOT NULL) AS leased, "
             "count(*) FILTER (WHERE refresh_failures > 0) AS failing, "
-            "count(*) FILTER (WHERE next_refresh_at IS NOT NULL) AS scheduled "
+            "count(*) FILTER (WHERE refresh_attempt_at IS NOT NULL) AS lost, "
+            "coalesce(max(refresh_failures), 0) AS most_failures "
             "FROM provider_connections"
         )
         assert row is not None
         return row
+    finally:
+        await conn.close()
+
+
+async def in_flight_of(database_url: str, owner: str) -> set[UUID]:
+    """Connections whose lease `owner` holds with a request recorded as sent."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id FROM provider_connections "
+            "WHERE refresh_lease_owner = $1 AND refresh_attempt_at IS NOT NULL",
+            owner,
+        )
+        return {r[0] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def status_reasons(database_url: str) -> dict[UUID, tuple[str, str | None]]:
+    """Every connection's status and status reason."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id, status, status_reason FROM provider_connections")
+        return {r[0]: (r[1], r[2]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def circuit_rows(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch("SELECT * FROM provider_circuits")
+        return rows
     finally:
         await conn.close()
 
@@ -312,8 +391,12 @@ class WorkerProcess:
     def refreshed_ids(self) -> list[UUID]:
         return [UUID(m) for m in REFRESHED.findall(self.output())]
 
+    def request_ms(self) -> list[float]:
+        """The token request latency of every refresh this worker logged."""
+        return [float(m) for m in REQUEST_MS.findall(self.output())]
+
     def released(self) -> int:
-        return sum(int(n) for n in RELEASED.findall(self.output()))
+        return len(RELEASED.findall(self.output()))
 
 
 @dataclass
@@ -435,3 +518,84 @@ class BlackHole:
             assert isinstance(sock, socket.socket)
             sock.close()
         self._selector.close()
+
+
+# --- a relay that can go down -------------------------------------------------------------
+
+
+class Relay:
+    """A loopback TCP relay in front of a server: `down()` refuses connections and cuts the
+    open ones (a provider that is gone), `up()` serves again on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.bind(("127.0.0.1", 0))
+        self.port: int = probe.getsockname()[1]
+        probe.close()
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(512)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> Self:
+        self.up()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()

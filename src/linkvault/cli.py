@@ -295,6 +295,7 @@ def worker(
             if idle_poll is not None:
                 changes["idle_poll"] = idle_poll
             w.policy = dataclasses.replace(w.policy, **changes)
+            w.policy.check()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -209,6 +209,19 @@ class ProviderUnavailableError(OAuthError):
     retryable = True
 
 
+class AnswerLostError(ProviderUnavailableError):
+    """The request reached the provider, or may have, and its answer never came back.
+
+    The provider may have acted on it (spent a refresh token), so it is not an ordinary
+    transient failure: `how` says how the answer was lost ("read timeout", "connection
+    reset"...).
+    """
+
+    def __init__(self, message: str, *, how: str, provider: str | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.how = how
+
+
 class MalformedResponseError(OAuthError):
     """The provider answered success with a body that is not a usable token response."""
 

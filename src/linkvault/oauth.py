@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 import httpx
 
 from linkvault.errors import (
+    AnswerLostError,
     InvalidClientError,
     InvalidGrantError,
     MalformedResponseError,
@@ -37,6 +38,10 @@ from linkvault.providers import ClientCredentials, Provider, TokenEndpointAuth
 Clock = Callable[[], datetime]
 
 DEFAULT_TIMEOUT = 10.0
+# A token request waits this long to connect, and this long for its answer: a loaded provider
+# can take many seconds to answer, and an answer given up on may still have spent the grant.
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 60.0
 MAX_DESCRIPTION = 200
 
 _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -178,7 +183,7 @@ async def exchange_code(
     code: str,
     redirect_uri: str,
     code_verifier: str | None,
-    request_timeout: float = DEFAULT_TIMEOUT,
+    request_timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     clock: Clock = _utc_now,
 ) -> TokenResponse:
     """Trade an authorization code (and its PKCE verifier) for tokens."""
@@ -202,7 +207,7 @@ async def refresh(
     *,
     refresh_token: str,
     scopes: Sequence[str] | None = None,
-    request_timeout: float = DEFAULT_TIMEOUT,
+    request_timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     clock: Clock = _utc_now,
 ) -> TokenResponse:
     """Trade a refresh token for new tokens (the refresh token may rotate)."""
@@ -226,7 +231,7 @@ async def revoke(
     *,
     token: str,
     token_type_hint: str | None = "refresh_token",  # noqa: S107
-    request_timeout: float = DEFAULT_TIMEOUT,
+    request_timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     """Ask the provider to revoke a token (RFC 7009); raises OAuthError when it refuses."""
     if provider.revoke_url is None:
@@ -246,7 +251,7 @@ async def _token_request(
     *,
     operation: str,
     secrets_sent: Iterable[str | None],
-    request_timeout: float,
+    request_timeout: float | httpx.Timeout,
     clock: Clock,
 ) -> TokenResponse:
     if provider.token_url is None:
@@ -264,7 +269,7 @@ async def _post(
     url: str,
     form: dict[str, str],
     operation: str,
-    request_timeout: float,
+    request_timeout: float | httpx.Timeout,
 ) -> httpx.Response:
     client = _client(provider)
     headers = {"Accept": "application/json"}
@@ -278,15 +283,38 @@ async def _post(
         headers["Authorization"] = _basic_auth(client)
     try:
         return await http.post(url, data=body, headers=headers, timeout=request_timeout)
-    except httpx.TimeoutException as exc:
+    except _NEVER_SENT as exc:
+        # Nothing reached the provider: an ordinary failure, safe to retry.
         raise ProviderUnavailableError(
-            f"{provider.slug}: {operation} timed out after {request_timeout:g}s",
+            f"{provider.slug}: {operation} failed before sending: {type(exc).__name__}",
             provider=provider.slug,
         ) from exc
-    except httpx.RequestError as exc:
-        raise ProviderUnavailableError(
-            f"{provider.slug}: {operation} failed: {type(exc).__name__}", provider=provider.slug
+    except httpx.TransportError as exc:
+        # The request was sent, or partly: the provider may have acted on it.
+        how = _LOST_HOW.get(type(exc), type(exc).__name__)
+        raise AnswerLostError(
+            f"{provider.slug}: {operation} sent, answer lost ({how})",
+            how=how,
+            provider=provider.slug,
         ) from exc
+
+
+# Failures that happen before any byte of the request left: connecting, or waiting for a
+# pooled connection. Everything else after the request started may have reached the provider.
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
+_LOST_HOW: dict[type[Exception], str] = {
+    httpx.ReadTimeout: "read timeout",
+    httpx.WriteTimeout: "write timeout",
+    httpx.ReadError: "connection reset while reading",
+    httpx.WriteError: "connection reset while sending",
+    httpx.RemoteProtocolError: "connection closed without an answer",
+}
 
 
 def _client(provider: Provider) -> ClientCredentials:
@@ -440,7 +468,8 @@ class HttpxTokenClient:
         self,
         http: httpx.AsyncClient | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_READ_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_connections: int = 100,
         clock: Clock = _utc_now,
     ) -> None:
@@ -456,6 +485,8 @@ class HttpxTokenClient:
             follow_redirects=False,
         )
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
         self._clock = clock
 
     async def exchange_code(
@@ -473,7 +504,7 @@ class HttpxTokenClient:
             code=code,
             redirect_uri=redirect_uri,
             code_verifier=code_verifier,
-            request_timeout=self.timeout,
+            request_timeout=self._timeouts,
             clock=self._clock,
         )
 
@@ -490,7 +521,7 @@ class HttpxTokenClient:
             provider,
             refresh_token=refresh_token,
             scopes=scopes,
-            request_timeout=self.timeout,
+            request_timeout=self._timeouts,
             clock=self._clock,
         )
 
@@ -507,7 +538,7 @@ class HttpxTokenClient:
             provider,
             token=token,
             token_type_hint=token_type_hint,
-            request_timeout=self.timeout,
+            request_timeout=self._timeouts,
         )
 
     async def aclose(self) -> None:
@@ -527,4 +558,6 @@ class HttpxTokenClient:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"HttpxTokenClient(timeout={self.timeout:g})"
+        return (
+            f"HttpxTokenClient(timeout={self.timeout:g}, connect_timeout={self.connect_timeout:g})"
+        )

@@ -84,6 +84,8 @@ class Provider:
     token_endpoint_auth: TokenEndpointAuth = TokenEndpointAuth.CLIENT_SECRET_BASIC
     refreshes: bool = False
     rotates_refresh_tokens: bool = False
+    # How long a rotated-out refresh token may still be replayed for the same answer (0: never).
+    refresh_token_reuse_grace: timedelta = timedelta(0)
     pkce: bool = True
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     access_token_lifetime: timedelta | None = None
@@ -129,6 +131,9 @@ class Provider:
             raise ProviderConfigError(f"{where}: an api_key provider cannot refresh")
         if self.rotates_refresh_tokens and not self.refreshes:
             raise ProviderConfigError(f"{where}: rotates_refresh_tokens needs refreshes = true")
+        grace = self.refresh_token_reuse_grace
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise ProviderConfigError(f"{where}: refresh_token_reuse_grace must be 0 or more")
         if self.refreshes and self.token_endpoint is None:
             raise ProviderConfigError(f"{where}: a provider that refreshes needs token_endpoint")
 
@@ -324,6 +329,7 @@ _OPTIONAL = (
     "token_endpoint_auth",
     "refreshes",
     "rotates_refresh_tokens",
+    "refresh_token_reuse_grace",
     "pkce",
     "extra_authorize_params",
     "access_token_lifetime",
@@ -387,6 +393,10 @@ def _build(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Provide
         ),
         refreshes=_bool(entry, "refreshes", where, default=style is AuthStyle.OAUTH2),
         rotates_refresh_tokens=_bool(entry, "rotates_refresh_tokens", where, default=False),
+        refresh_token_reuse_grace=_seconds(
+            entry, "refresh_token_reuse_grace", where, allow_zero=True
+        )
+        or timedelta(0),
         pkce=_bool(entry, "pkce", where, default=True),
         extra_authorize_params=_string_table(entry, "extra_authorize_params", where),
         access_token_lifetime=_seconds(entry, "access_token_lifetime", where),
@@ -427,12 +437,18 @@ def _string_table(entry: Mapping[str, Any], name: str, where: str) -> dict[str, 
     return dict(value)
 
 
-def _seconds(entry: Mapping[str, Any], name: str, where: str) -> timedelta | None:
+def _seconds(
+    entry: Mapping[str, Any], name: str, where: str, *, allow_zero: bool = False
+) -> timedelta | None:
     if name not in entry:
         return None
     value = entry[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ProviderConfigError(f"{where}: {name} must be a positive number of seconds")
+    least = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = (
+            "a whole number of seconds, 0 or more" if allow_zero else "a positive number of seconds"
+        )
+        raise ProviderConfigError(f"{where}: {name} must be {kind}")
     return timedelta(seconds=value)
 
 

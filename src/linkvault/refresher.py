@@ -1,21 +1,26 @@
 """The refresh worker: renews OAuth2 credentials before they expire, with any number of workers.
 
-Work is claimed with a lease in the store (see DESIGN.md), so two workers never refresh the
-same connection, and a crashed worker's leases lapse and are taken over.
+A connection is leased to one worker for seconds at a time and the lease is renewed by a
+heartbeat while its work is live. Before a request is sent, the statement that extends the
+lease confirms it is still held and records the attempt (fencing, write-ahead), so an answer
+lost to a crash or a timeout is known to the next worker, which replays at once, inside the
+provider's reuse grace. See the README's "What the refresh worker can and cannot lose".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import random
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 from uuid import UUID, uuid4
@@ -23,6 +28,8 @@ from uuid import UUID, uuid4
 from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentials
 from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import (
+    AnswerLostError,
+    ConfigurationError,
     DatabaseError,
     DecryptionError,
     InvalidClientError,
@@ -37,11 +44,12 @@ from linkvault.errors import (
     UnauthorizedClientError,
     UnknownProviderError,
 )
-from linkvault.oauth import TokenResponse, token_expiry
+from linkvault.limits import AdaptiveLimit
+from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import Claim
+from linkvault.stores.common import Claim, LostAttempt
 
 log = logging.getLogger("linkvault.refresher")
 
@@ -53,10 +61,14 @@ class Outcome(StrEnum):
     EXPIRED = "expired"  # the provider refused the grant: the user must reconnect
     REVOKED = "revoked"
     RATE_LIMITED = "rate_limited"
-    UNAVAILABLE = "unavailable"  # 5xx, timeout, network
+    UNAVAILABLE = "unavailable"  # 5xx, or never sent (connection refused, connect timeout)
+    ANSWER_LOST = "answer_lost"  # sent, no answer: replayed at once, not counted as a failure
     MALFORMED = "malformed"
     GAVE_UP = "gave_up"  # transient failures exhausted the attempts
     LOST_RACE = "lost_race"  # the connection changed meanwhile; new tokens discarded
+    LEASE_LOST = "lease_lost"  # the lease was no longer this worker's: nothing was sent
+    PAUSED = "paused"  # the provider's circuit is open: handed back, no attempt used
+    RELEASED = "released"  # never started before the worker stopped: handed back as it was
     UNREFRESHABLE = "unrefreshable"  # no refresh token, or a provider that cannot refresh
     CLIENT_REJECTED = "client_rejected"  # the provider refused linkvault's client credentials
     DECRYPT_FAILED = "decrypt_failed"
@@ -76,17 +88,56 @@ class TokenRefresher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
-    """When to refresh, how long a lease lasts, and how to back off."""
+    """When to refresh, how leases are held, how to back off, when a provider's circuit opens."""
 
     horizon: timedelta = timedelta(minutes=10)
-    lease: timedelta = timedelta(minutes=2)
+    lease: timedelta = timedelta(seconds=15)
+    heartbeat: timedelta | None = None  # default: a quarter of the lease
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     batch_size: int = 100
     concurrency: int = 16
     max_attempts: int = 8
     backoff_base: timedelta = timedelta(seconds=5)
     backoff_max: timedelta = timedelta(minutes=15)
-    idle_poll: float = 5.0
+    idle_poll: float = 1.0
     unrefreshable_retry: timedelta = timedelta(hours=6)
+    # A token is due at this fraction of its own lifetime (jittered between the two), or
+    # `horizon` before it expires, whichever comes later.
+    refresh_at: tuple[float, float] = (0.75, 0.85)
+    circuit_threshold: int = 5
+    circuit_window: timedelta = timedelta(seconds=30)
+    circuit_open: timedelta = timedelta(seconds=5)
+    circuit_open_max: timedelta = timedelta(minutes=1)
+
+    @property
+    def heartbeat_every(self) -> timedelta:
+        if self.heartbeat is not None:
+            return self.heartbeat
+        quarter: timedelta = self.lease / 4
+        return quarter
+
+    def check(self) -> None:
+        """Refuse a configuration under which a lease could lapse while its request is live."""
+        lease = self.lease.total_seconds()
+        beat = self.heartbeat_every.total_seconds()
+        if beat <= 0 or beat * 2 > lease:
+            raise ConfigurationError(
+                f"refresh lease of {lease:g}s cannot be renewed every {beat:g}s: the heartbeat "
+                "must come at least twice per lease"
+            )
+        if self.connect_timeout + beat >= lease:
+            raise ConfigurationError(
+                f"refresh lease of {lease:g}s is too short: a token request may take "
+                f"{self.connect_timeout:g}s to connect, plus {beat:g}s until the heartbeat "
+                "renews the lease; make LINKVAULT_REFRESH_LEASE_SECONDS larger than "
+                f"{self.connect_timeout + beat:g} or LINKVAULT_REFRESH_CONNECT_TIMEOUT_SECONDS "
+                "smaller"
+            )
+        low, high = self.refresh_at
+        if not 0 < low <= high < 1:
+            raise ConfigurationError("refresh_at must be fractions with 0 < low <= high < 1")
+        if self.concurrency < 1 or self.batch_size < 1 or self.max_attempts < 1:
+            raise ConfigurationError("concurrency, batch size and attempts must be at least 1")
 
     def backoff(self, failures: int, rng: random.Random) -> timedelta:
         """Full-jitter exponential backoff after `failures` consecutive failures."""
@@ -96,16 +147,34 @@ class RefreshPolicy:
         )
         return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
 
+    def next_refresh(
+        self, now: datetime, expires_at: datetime | None, rng: random.Random
+    ) -> datetime | None:
+        """When tokens issued `now` and expiring at `expires_at` are due for a refresh."""
+        if expires_at is None or expires_at <= now:
+            return None
+        fraction = rng.uniform(*self.refresh_at)
+        return max(now + (expires_at - now) * fraction, expires_at - self.horizon)
+
+    def circuit_open_for(self, opened: int, retry_after: float | None) -> timedelta:
+        """How long a circuit opened for the `opened`+1-th time in a row stays open."""
+        base: timedelta = self.circuit_open * (2 ** min(opened, 16))
+        wait = min(base, self.circuit_open_max)
+        if retry_after is not None:
+            wait = max(wait, timedelta(seconds=min(retry_after, 3600)))
+        return wait
+
 
 @dataclass(slots=True)
 class RefreshMetrics:
-    """Counters of one worker; gauges are refreshed from the store between batches."""
+    """Counters of one worker; gauges are refreshed from the store now and then."""
 
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     claimed: int = 0
     batches: int = 0
     due_unclaimed: int = 0
     oldest_overdue_seconds: float = 0.0
+    circuits_opened: int = 0
 
     @property
     def refreshed(self) -> int:
@@ -120,8 +189,69 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
 
 
+def token_fingerprint(refresh_token: str) -> str:
+    """A short, one-way name of a refresh token, to tell attempts apart without keeping it."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()[:16]
+
+
+class _LeaseLostError(Exception):
+    """The heartbeat could not keep the lease: the request in flight was abandoned."""
+
+
+class _Lease:
+    """Keeps one claim's lease alive while its work runs; tells when it could not."""
+
+    def __init__(self, worker: RefreshWorker, connection_id: UUID) -> None:
+        self._worker = worker
+        self._id = connection_id
+        self.lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _Lease:
+        self._task = asyncio.create_task(self._beat())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _beat(self) -> None:
+        w = self._worker
+        every = w.policy.heartbeat_every.total_seconds()
+        lease = w.policy.lease.total_seconds()
+        confirmed_until = time.monotonic() + lease
+        while True:
+            await asyncio.sleep(every)
+            try:
+                held = await w.store.extend_lease(self._id, w.owner, lease=w.policy.lease)
+            except DatabaseError as exc:
+                log.warning("lease heartbeat for connection %s failed: %s", self._id, exc)
+                held = time.monotonic() + every < confirmed_until
+            else:
+                if held:
+                    confirmed_until = time.monotonic() + lease
+            if not held:
+                log.warning("lease on connection %s lost: abandoning its refresh", self._id)
+                self.lost.set()
+                return
+
+    async def guard(self, work: asyncio.Future[TokenResponse]) -> TokenResponse:
+        """Await `work`, cancelling it if the lease is lost first."""
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        finally:
+            lost.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            raise _LeaseLostError
+        return work.result()
+
+
 class RefreshWorker:
-    """Claims due connections in batches and refreshes them with bounded concurrency."""
+    """Claims due connections and refreshes them, a few at a time per provider."""
 
     def __init__(
         self,
@@ -140,66 +270,106 @@ class RefreshWorker:
         self.tokens = tokens
         self.cipher = cipher
         self.policy = policy or RefreshPolicy()
+        self.policy.check()
         self.owner = owner or default_owner()
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.metrics = RefreshMetrics()
+        self._limits: dict[str, AdaptiveLimit] = {}
+        self._paused: dict[str, datetime] = {}
+        self._paused_read = -1e9
+        self._failing: set[str] = set()  # providers whose circuit may need closing
+        self._stopping = False
+
+    # --- the loop ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
-        """Work until `stop` is set (or, with `until_idle`, until nothing is due)."""
+        """Work until `stop` is set (or, with `until_idle`, until nothing is due anywhere)."""
+        self.policy.check()
         log.info("refresh worker %s started", self.owner)
-        while not stop.is_set():
-            try:
-                done = await self.run_once(stop)
-                await self.update_gauges()
-            except DatabaseError as exc:
-                log.warning("refresh worker: database unavailable, retrying: %s", exc)
-                done = 0
-            if done == 0:
-                # Idle: nothing due that this worker could ever claim. Rows waiting out a
-                # backoff keep it running; rows leased by another worker (a crashed one's
-                # included) and rows out of attempts are left alone.
-                if until_idle and not await self._work_remains():
-                    break
-                await _wait(stop, self.policy.idle_poll)
+        p = self.policy
+        live: set[asyncio.Task[Outcome | None]] = set()
+        stopped = asyncio.create_task(stop.wait())
+        gauges_at = 0.0
+        try:
+            while not stop.is_set():
+                free = p.concurrency - len(live)
+                claimed = 0
+                # Claim when a quarter of the slots are free (or all are): fewer claim
+                # statements, and nothing leased that cannot start at once.
+                if free >= max(1, p.concurrency // 4) or not live:
+                    claimed = await self._claim_into(live, free)
+                if time.monotonic() - gauges_at > 5.0:
+                    gauges_at = time.monotonic()
+                    await self._quietly(self.update_gauges())
+                if not live and claimed == 0:
+                    if until_idle and not await self._work_remains():
+                        break
+                    await _wait(stop, p.idle_poll)
+                    continue
+                timeout = None if claimed == free and free > 0 else p.idle_poll
+                await asyncio.wait({*live, stopped}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            self._stopping = True
+            stopped.cancel()
+            if live:
+                await asyncio.gather(*live, return_exceptions=True)
+            self._stopping = False
         log.info("refresh worker %s stopped", self.owner)
 
-    async def run_once(self, stop: asyncio.Event | None = None) -> int:
-        """Claim one batch and work it off; returns how many claims were handled."""
+    async def _claim_into(self, live: set[asyncio.Task[Outcome | None]], free: int) -> int:
+        try:
+            claims = await self._claim(min(self.policy.batch_size, free))
+        except DatabaseError as exc:
+            log.warning("refresh worker: database unavailable, retrying: %s", exc)
+            return 0
+        for claim in claims:
+            task = asyncio.create_task(self.refresh_one(claim))
+            live.add(task)
+            task.add_done_callback(live.discard)
+        return len(claims)
+
+    async def _claim(self, limit: int) -> list[Claim]:
         p = self.policy
         claims = await self.store.claim_due(
             self.owner,
             horizon=p.horizon,
             lease=p.lease,
-            limit=p.batch_size,
+            limit=limit,
             max_failures=p.max_attempts,
+            paused=sorted(await self._open_circuits()),
         )
+        if claims:
+            self.metrics.claimed += len(claims)
+            self.metrics.batches += 1
+        return claims
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> int:
+        """Claim one batch and work it off; returns how many claims were handled."""
+        claims = await self._claim(self.policy.batch_size)
         if not claims:
             return 0
-        self.metrics.claimed += len(claims)
-        self.metrics.batches += 1
-        queue: deque[Claim] = deque(claims)
-        handled = 0
+        slots = asyncio.Semaphore(self.policy.concurrency)
+        handed_back: list[UUID] = []
 
-        async def lane() -> None:
-            nonlocal handled
-            # A lane takes its next claim only while no stop was asked for: what is in
-            # flight finishes, what never started is handed back below.
-            while queue and not (stop is not None and stop.is_set()):
-                await self.refresh_one(queue.popleft())
-                handled += 1
+        async def one(claim: Claim) -> bool:
+            async with slots:
+                if stop is not None and stop.is_set():
+                    handed_back.append(claim.connection.id)
+                    return False
+                await self.refresh_one(claim)
+                return True
 
-        await asyncio.gather(*(lane() for _ in range(min(p.concurrency, len(claims)))))
-        if queue:
-            await self.store.release_claims([c.connection.id for c in queue], self.owner)
-            log.info("refresh worker %s released %d unstarted leases", self.owner, len(queue))
-        return handled
+        done = await asyncio.gather(*(one(c) for c in claims))
+        if handed_back:
+            await self.store.release_claims(handed_back, self.owner)
+        return sum(done)
 
     async def _work_remains(self) -> bool:
         backlog = await self.store.refresh_backlog(
             self.policy.horizon, max_failures=self.policy.max_attempts
         )
-        return backlog.unclaimed > 0
+        return backlog.due > 0
 
     async def update_gauges(self) -> None:
         backlog = await self.store.refresh_backlog(self.policy.horizon)
@@ -209,36 +379,52 @@ class RefreshWorker:
             overdue = max(0.0, (self.clock() - backlog.oldest_due).total_seconds())
         self.metrics.oldest_overdue_seconds = overdue
 
+    @staticmethod
+    async def _quietly(work: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except DatabaseError as exc:
+            log.warning("refresh worker: database unavailable: %s", exc)
+
+    # --- one connection ------------------------------------------------------------
+
     async def refresh_one(self, claim: Claim) -> Outcome:
         """Refresh one claimed connection, record the outcome and close the lease."""
         started = time.perf_counter()
         conn = claim.connection
+        timing: dict[str, float] = {}
         try:
-            outcome = await self._refresh(claim)
+            with _Lease(self, conn.id) as lease:
+                outcome = await self._refresh(claim, lease, timing)
+        except _LeaseLostError:
+            outcome = Outcome.LEASE_LOST
         except Exception as exc:  # one bad connection must not stop the worker
             log.exception(
                 "refresh of connection %s failed unexpectedly (%s)", conn.id, type(exc).__name__
             )
             outcome = Outcome.ERROR
-            await self._schedule_retry(claim, outcome, type(exc).__name__)
+            await self._quietly(self._schedule_retry(claim, outcome, type(exc).__name__))
         self.metrics.outcomes[outcome] += 1
         duration_ms = (time.perf_counter() - started) * 1000
+        request_ms = timing.get("request", 0.0) * 1000
         log.info(
-            "refresh connection_id=%s provider=%s outcome=%s duration_ms=%.1f",
+            "refresh connection_id=%s provider=%s outcome=%s duration_ms=%.1f request_ms=%.1f",
             conn.id,
             conn.provider_slug,
             outcome.value,
             duration_ms,
+            request_ms,
             extra={
                 "connection_id": str(conn.id),
                 "provider": conn.provider_slug,
                 "outcome": outcome.value,
                 "duration_ms": round(duration_ms, 1),
+                "request_ms": round(request_ms, 1),
             },
         )
         return outcome
 
-    async def _refresh(self, claim: Claim) -> Outcome:
+    async def _refresh(self, claim: Claim, lease: _Lease, timing: dict[str, float]) -> Outcome:
         conn = claim.connection
         try:
             provider = self.registry.by_id(conn.provider_id)
@@ -256,32 +442,42 @@ class RefreshWorker:
             return Outcome.DECRYPT_FAILED
         if not current.refresh_token:
             return await self._give_up(claim, Outcome.EXPIRED, "no refresh token: reconnect")
-        try:
-            response = await self.tokens.refresh(provider, refresh_token=current.refresh_token)
-        except InvalidClientError as exc:
-            # Our own client credentials were refused: every connection of this provider
-            # would fail alike, and none of their grants is at fault. Retry much later.
-            log.error(  # noqa: TRY400 - a known condition, no traceback wanted
-                "provider %s refused linkvault's client credentials; check "
-                "LINKVAULT_PROVIDER_%s_CLIENT_ID/_SECRET: %s",
-                provider.slug,
-                provider.slug.upper().replace("-", "_"),
-                _reason(exc),
+        limit = self._limit(provider.slug)
+        async with limit.slot():
+            if self._stopping or provider.slug in await self._open_circuits():
+                # Never started: hand it back as it was.
+                await self.store.release_claims([conn.id], self.owner)
+                return Outcome.RELEASED if self._stopping else Outcome.PAUSED
+            fingerprint = token_fingerprint(current.refresh_token)
+            first_sent = await self.store.begin_attempt(
+                conn.id,
+                self.owner,
+                lease=self.policy.lease,
+                fingerprint=fingerprint,
+                credentials=conn.credentials.encrypted_data,
             )
-            await self._unrefreshable(claim, f"client rejected: {_reason(exc)}")
-            return Outcome.CLIENT_REJECTED
-        except (InvalidGrantError, UnauthorizedClientError) as exc:
-            return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
-        except RevokedError as exc:
-            return await self._give_up(claim, Outcome.REVOKED, _reason(exc))
-        except RateLimitedError as exc:
-            return await self._transient(claim, Outcome.RATE_LIMITED, exc, exc.retry_after)
-        except MalformedResponseError as exc:
-            return await self._transient(claim, Outcome.MALFORMED, exc)
-        except ProviderUnavailableError as exc:
-            return await self._transient(claim, Outcome.UNAVAILABLE, exc)
-        except OAuthError as exc:
-            return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
+            if first_sent is None:
+                log.info("refresh of connection %s: lease or grant gone, nothing sent", conn.id)
+                return Outcome.LEASE_LOST
+            sent = time.monotonic()
+            request = asyncio.ensure_future(
+                self.tokens.refresh(provider, refresh_token=current.refresh_token)
+            )
+            try:
+                response = await lease.guard(request)
+            except OAuthError as exc:
+                timing["request"] = time.monotonic() - sent
+                limit.record(timing["request"], ok=not _provider_failure(exc))
+                return await self._failed(claim, provider, exc, replay=_replay(claim, fingerprint))
+            timing["request"] = time.monotonic() - sent
+            limit.record(timing["request"], ok=True)
+        return await self._succeeded(claim, provider, current, response)
+
+    async def _succeeded(
+        self, claim: Claim, provider: Provider, current: OAuth2Tokens, response: TokenResponse
+    ) -> Outcome:
+        conn = claim.connection
+        assert conn.credentials is not None
         now = self.clock()
         renewed = OAuth2Tokens(
             access_token=response.access_token,
@@ -292,15 +488,117 @@ class RefreshWorker:
             expires_at=token_expiry(response, provider, now),
         )
         sealed = seal_credentials(renewed, connection_id=conn.id, cipher=self.cipher)
-
-        def apply(c: ProviderConnection) -> None:
-            c.update_credentials(sealed, now=now)
-
-        if not await self._save_same_grant(conn, apply):
+        saved = await self.store.complete_refresh(
+            conn.id,
+            self.owner,
+            started_from=conn.credentials.encrypted_data,
+            credentials=sealed,
+            next_refresh_at=self.policy.next_refresh(now, sealed.expires_at, self.rng),
+        )
+        if provider.slug in self._failing:
+            self._failing.discard(provider.slug)
+            if await self.store.close_circuit(provider.slug):
+                log.info("provider %s answers again: its circuit is closed", provider.slug)
+            self._paused.pop(provider.slug, None)
+        if not saved:
+            # Disconnected, reconnected or deleted meanwhile: that change wins.
+            log.info(
+                "refresh of connection %s lost to a concurrent change; "
+                "the new tokens are discarded",
+                conn.id,
+            )
             await self.store.finish_claim(conn.id, self.owner, succeeded=True)
             return Outcome.LOST_RACE
-        await self.store.finish_claim(conn.id, self.owner, succeeded=True)
         return Outcome.REFRESHED
+
+    async def _failed(
+        self, claim: Claim, provider: Provider, exc: OAuthError, *, replay: LostAttempt | None
+    ) -> Outcome:
+        if _provider_failure(exc):
+            await self._count_provider_failure(provider, exc)
+        if isinstance(exc, AnswerLostError):
+            log.warning(
+                "refresh of connection %s: request sent, answer lost (%s); replaying at once",
+                claim.connection.id,
+                exc.how,
+            )
+            await self.store.record_lost(
+                claim.connection.id, self.owner, how=exc.how, error=_reason(exc)
+            )
+            return Outcome.ANSWER_LOST
+        if isinstance(exc, InvalidClientError):
+            # Our own client credentials were refused: every connection of this provider
+            # would fail alike, and none of their grants is at fault. Retry much later.
+            log.error(
+                "provider %s refused linkvault's client credentials; check "
+                "LINKVAULT_PROVIDER_%s_CLIENT_ID/_SECRET: %s",
+                provider.slug,
+                provider.slug.upper().replace("-", "_"),
+                _reason(exc),
+            )
+            await self._unrefreshable(claim, f"client rejected: {_reason(exc)}")
+            return Outcome.CLIENT_REJECTED
+        if isinstance(exc, InvalidGrantError | UnauthorizedClientError) and replay is not None:
+            reason = _lost_reason(replay, provider, self.clock())
+            log.warning("refresh of connection %s: %s", claim.connection.id, reason)
+            return await self._give_up(claim, Outcome.EXPIRED, reason)
+        if isinstance(exc, InvalidGrantError | UnauthorizedClientError):
+            return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
+        if isinstance(exc, RevokedError):
+            return await self._give_up(claim, Outcome.REVOKED, _reason(exc))
+        if isinstance(exc, RateLimitedError):
+            return await self._transient(claim, Outcome.RATE_LIMITED, exc, exc.retry_after)
+        if isinstance(exc, MalformedResponseError):
+            return await self._transient(claim, Outcome.MALFORMED, exc)
+        if isinstance(exc, ProviderUnavailableError):
+            return await self._transient(claim, Outcome.UNAVAILABLE, exc)
+        return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
+
+    # --- circuits and limits ----------------------------------------------------------
+
+    def _limit(self, slug: str) -> AdaptiveLimit:
+        limit = self._limits.get(slug)
+        if limit is None:
+            c = self.policy.concurrency
+            limit = self._limits[slug] = AdaptiveLimit(initial=min(4, c), maximum=c)
+        return limit
+
+    async def _open_circuits(self) -> set[str]:
+        """Providers paused now, read from the store at most once a second."""
+        if time.monotonic() - self._paused_read >= 1.0:
+            try:
+                self._paused = await self.store.open_circuits()
+                self._paused_read = time.monotonic()
+            except DatabaseError as exc:
+                log.warning("refresh worker: cannot read provider circuits: %s", exc)
+            for slug in self._paused:
+                self._failing.add(slug)
+        now = self.clock()
+        return {slug for slug, until in self._paused.items() if until > now}
+
+    async def _count_provider_failure(self, provider: Provider, exc: OAuthError) -> None:
+        p = self.policy
+        self._failing.add(provider.slug)
+        count = await self.store.circuit_failure(
+            provider.slug, window=p.circuit_window, error=_reason(exc)
+        )
+        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        # A closed circuit opens after `threshold` failures in a row; a circuit that was open
+        # (now half-open) re-opens on its first failed probe; a Retry-After opens it at once.
+        if count.failures < p.circuit_threshold and count.opened == 0 and retry_after is None:
+            return
+        until = self.clock() + p.circuit_open_for(count.opened, retry_after)
+        if await self.store.open_circuit(provider.slug, until=until, opened=count.opened):
+            self.metrics.circuits_opened += 1
+            self._paused[provider.slug] = until
+            log.warning(
+                "provider %s keeps failing (%s): refreshes to it pause until %s",
+                provider.slug,
+                _reason(exc),
+                until.isoformat(timespec="seconds"),
+            )
+
+    # --- recording outcomes ---------------------------------------------------------
 
     async def _save_same_grant(
         self, conn: ProviderConnection, change: Callable[[ProviderConnection], None]
@@ -395,6 +693,29 @@ class RefreshWorker:
             error=reason,
         )
         return Outcome.UNREFRESHABLE
+
+
+def _provider_failure(exc: OAuthError) -> bool:
+    """Whether a failure speaks of the provider's health rather than of one grant."""
+    return isinstance(exc, ProviderUnavailableError | RateLimitedError)
+
+
+def _replay(claim: Claim, fingerprint: str) -> LostAttempt | None:
+    """The lost attempt this request replayed, when it spent the same refresh token."""
+    lost = claim.lost
+    return lost if lost is not None and lost.fingerprint == fingerprint else None
+
+
+def _lost_reason(lost: LostAttempt, provider: Provider, now: datetime) -> str:
+    """Why a replay was refused, in words an operator and a user can act on."""
+    how = "a worker stopped" if lost.how is None else f"of a {lost.how}"
+    grace = provider.refresh_token_reuse_grace
+    if grace <= timedelta(0):
+        allowed = "the provider allows no replay"
+    else:
+        late = (now - lost.at).total_seconds()
+        allowed = f"the replay came {late:.0f}s later, past the provider's {grace.seconds}s grace"
+    return f"refresh answer lost when {how}; {allowed}: reconnect".replace("when of", "because of")
 
 
 def _reason(exc: BaseException) -> str:

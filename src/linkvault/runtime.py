@@ -24,6 +24,12 @@ def refresh_policy(settings: Settings) -> RefreshPolicy:
     return RefreshPolicy(
         horizon=timedelta(minutes=settings.refresh_horizon_minutes),
         lease=timedelta(seconds=settings.refresh_lease_seconds),
+        heartbeat=(
+            None
+            if settings.refresh_heartbeat_seconds is None
+            else timedelta(seconds=settings.refresh_heartbeat_seconds)
+        ),
+        connect_timeout=settings.refresh_connect_timeout_seconds,
         batch_size=settings.refresh_batch_size,
         concurrency=settings.refresh_concurrency,
         max_attempts=settings.refresh_max_attempts,
@@ -69,6 +75,8 @@ class Runtime:
     ) -> Self:
         """Open the store and build the services; embedded SQLite migrates itself by default."""
         environ = os.environ if env is None else env
+        policy = refresh_policy(settings)
+        policy.check()  # a lease that could lapse under a live request is refused at start
         embedded = settings.is_embedded
         keyring = keyring_from_settings(
             settings.keys.get_secret_value() if settings.keys else None,
@@ -87,11 +95,13 @@ class Runtime:
         except BaseException:
             await store.close()
             raise
-        tokens = HttpxTokenClient(timeout=settings.refresh_timeout_seconds, clock=clock)
-        connect = ConnectService(store, registry, tokens, cipher, clock=clock)
-        worker = RefreshWorker(
-            store, registry, tokens, cipher, policy=refresh_policy(settings), clock=clock
+        tokens = HttpxTokenClient(
+            timeout=settings.refresh_timeout_seconds,
+            connect_timeout=settings.refresh_connect_timeout_seconds,
+            clock=clock,
         )
+        connect = ConnectService(store, registry, tokens, cipher, clock=clock)
+        worker = RefreshWorker(store, registry, tokens, cipher, policy=policy, clock=clock)
         return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
 
     async def close(self) -> None:

@@ -95,6 +95,12 @@ class SandboxSettings:
     revoke_family_on_reuse: bool = True
     # Without rotation, whether a refresh answer repeats the refresh token or omits it.
     echo_refresh_token: bool = True
+    # Seconds a rotated-out refresh token may be replayed for the same answer (0: never).
+    refresh_token_reuse_grace: float = 0.0
+    # A capacity model of the token endpoint: at most `capacity` requests are served at once,
+    # each taking `service_time` seconds; the rest wait in line, as at a saturated server.
+    capacity: int | None = None
+    service_time: float = 0.0
 
     def update(self, changes: Mapping[str, Any]) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -114,7 +120,15 @@ def _check_setting(name: str, value: object) -> None:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
         return
-    if value is None and name == "refresh_token_ttl":
+    if value is None and name in ("refresh_token_ttl", "capacity"):
+        return
+    if name == "capacity":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("capacity must be a positive whole number, or null for no limit")
+        return
+    if name in ("refresh_token_reuse_grace", "service_time"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{name} must be a number of seconds, 0 or more")
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds")
@@ -198,6 +212,9 @@ class _Grant:
     access_expires_at: float
     revoked: bool = False
     refreshes: int = 0
+    previous_refresh_token: str | None = None
+    rotated_at: float | None = None
+    grace_replays: int = 0
 
     def public(self) -> dict[str, Any]:
         return {
@@ -208,6 +225,7 @@ class _Grant:
             "access_token": self.access_token,
             "revoked": self.revoked,
             "refreshes": self.refreshes,
+            "grace_replays": self.grace_replays,
         }
 
 
@@ -261,6 +279,9 @@ class Sandbox:
         self._codes: dict[str, _Code] = {}
         self._pending: dict[str, _AuthRequest] = {}
         self._faults: list[Fault] = []
+        self._gate: asyncio.Condition | None = None
+        self._waiting = 0
+        self._serving = 0
         self._next_id = 0
         self._reset_counters()
         self.app = _build_app(self)
@@ -285,6 +306,9 @@ class Sandbox:
         self._authorizations: Counter[str] = Counter()
         self._seeded = 0
         self._revocations = 0
+        self._grace_replays = 0
+        self._latencies: list[float] = []
+        self._peak_waiting = 0
 
     def _refuse(self, grant_type: str, reason: str) -> None:
         self._refused.setdefault(grant_type, Counter())[reason] += 1
@@ -307,6 +331,13 @@ class Sandbox:
                 "seeded": self._seeded,
                 "revocations": self._revocations,
                 "live_grants": sum(1 for g in self._grants.values() if not g.revoked),
+                "grace_replays": self._grace_replays,
+                "token_latency": _latency_summary(self._latencies),
+                "queue": {
+                    "waiting": self._waiting,
+                    "serving": self._serving,
+                    "peak_waiting": self._peak_waiting,
+                },
             }
 
     def reset(self, *, counters: bool = True, faults: bool = True, grants: bool = False) -> None:
@@ -577,11 +608,16 @@ class Sandbox:
             return _invalid_grant("refresh token was issued to another client", "client_mismatch")
         if grant.revoked:
             return _invalid_grant("the grant was revoked", "revoked")
+        now = self.now()
         if token != grant.refresh_token:
+            if self._in_grace(grant, token, now):
+                # The answer to the rotation was lost: the same answer again, nothing rotates.
+                grant.grace_replays += 1
+                self._grace_replays += 1
+                return self._token_body(grant, include_refresh=True)
             if self.settings.revoke_family_on_reuse:
                 grant.revoked = True
             return _invalid_grant("refresh token already used", "refresh_token_reused")
-        now = self.now()
         if grant.refresh_expires_at is not None and grant.refresh_expires_at < now:
             return _invalid_grant("refresh token expired", "refresh_token_expired")
         requested = form.get("scope")
@@ -589,6 +625,7 @@ class Sandbox:
             return _Refusal(400, "invalid_scope", "scope exceeds the grant", "scope_exceeded")
         rotate = self.settings.rotate_refresh_tokens
         if rotate:
+            grant.previous_refresh_token, grant.rotated_at = grant.refresh_token, now
             grant.refresh_token = secrets.token_urlsafe(32)
             grant.refresh_expires_at = self._refresh_expiry(now)
             self._refresh_index[grant.refresh_token] = grant.id
@@ -600,6 +637,40 @@ class Sandbox:
         if requested:
             body["scope"] = requested
         return body
+
+    async def _serve_token_request(self, handle: Callable[[], Awaitable[Response]]) -> Response:
+        """Run a token request through the capacity model, recording its latency."""
+        started = time.monotonic()
+        if self._gate is None:
+            self._gate = asyncio.Condition()
+        gate = self._gate
+        async with gate:
+            self._waiting += 1
+            self._peak_waiting = max(self._peak_waiting, self._waiting)
+            try:
+                await gate.wait_for(lambda: self._serving < (self.settings.capacity or 1 << 30))
+            finally:
+                self._waiting -= 1
+            self._serving += 1
+        try:
+            if self.settings.service_time > 0:
+                await asyncio.sleep(self.settings.service_time)
+            return await handle()
+        finally:
+            async with gate:
+                self._serving -= 1
+                gate.notify_all()
+            with self._lock:
+                self._latencies.append(time.monotonic() - started)
+
+    def _in_grace(self, grant: _Grant, token: str, now: float) -> bool:
+        grace = self.settings.refresh_token_reuse_grace
+        return (
+            grace > 0
+            and token == grant.previous_refresh_token
+            and grant.rotated_at is not None
+            and now - grant.rotated_at <= grace
+        )
 
     def _revoke_token(self, client: SandboxClient, token: str) -> None:
         with self._lock:
@@ -618,6 +689,17 @@ class Sandbox:
             if grant is None or grant.revoked or expires_at < self.now():
                 return None
             return dataclasses.replace(grant)
+
+
+def _latency_summary(latencies: Sequence[float]) -> dict[str, float | int]:
+    ordered = sorted(latencies)
+    if not ordered:
+        return {"count": 0}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+    return {"count": len(ordered), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 4)}
 
 
 def _invalid_grant(description: str, reason: str) -> _Refusal:
@@ -732,6 +814,9 @@ def _fault_response(fault: Fault) -> Response:
 
 def _build_app(sandbox: Sandbox) -> Starlette:
     async def token(request: Request) -> Response:
+        return await sandbox._serve_token_request(lambda: token_request(request))
+
+    async def token_request(request: Request) -> Response:
         form = await _read_form(request)
         if form is None:
             sandbox._count_refusal("unknown", "invalid_request")

@@ -38,9 +38,19 @@ class Settings(BaseSettings):
     refresh_horizon_minutes: int = Field(default=10, ge=1, le=24 * 60)
     refresh_concurrency: int = Field(default=16, ge=1, le=1000)
     refresh_batch_size: int = Field(default=100, ge=1, le=1000)
-    refresh_lease_seconds: int = Field(default=120, ge=5, le=3600)
+    refresh_lease_seconds: int = Field(
+        default=15, ge=2, le=3600, description="a refresh lease; renewed while work is live"
+    )
+    refresh_heartbeat_seconds: float | None = Field(
+        default=None, gt=0, le=1800, description="lease renewal period (default: lease / 4)"
+    )
     refresh_max_attempts: int = Field(default=8, ge=1, le=100)
-    refresh_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    refresh_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=600, description="how long a token request waits for its answer"
+    )
+    refresh_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="how long a token request waits to connect"
+    )
 
     @property
     def base_url(self) -> str:

@@ -124,7 +124,9 @@ async def postgres_store(
 ) -> AsyncIterator[PostgresConnectionRepository]:
     admin = await asyncpg.connect(module_postgres_url)
     try:
-        await admin.execute("TRUNCATE provider_connections, oauth_states CASCADE")
+        await admin.execute(
+            "TRUNCATE provider_connections, oauth_states, provider_circuits CASCADE"
+        )
     finally:
         await admin.close()
     repo = await PostgresConnectionRepository.connect(module_postgres_url, clock=clock, max_size=8)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from linkvault.errors import (
+    AnswerLostError,
     InvalidGrantError,
     MalformedResponseError,
     OAuthError,
@@ -315,18 +317,56 @@ async def test_a_429_is_rate_limited_with_its_retry_after(
     assert caught.value.retryable
 
 
-async def test_a_slow_answer_times_out_as_provider_unavailable(
+async def test_an_answer_slower_than_the_read_timeout_is_a_lost_answer_the_provider_still_served(
     running_sandbox: RunningSandbox,
 ) -> None:
     running_sandbox.sandbox.inject_fault("slow", delay=0.5)
     token = seeded_refresh_token(running_sandbox)
 
     async with HttpxTokenClient(timeout=0.1) as impatient:
-        with pytest.raises(ProviderUnavailableError, match=r"timed out after 0\.1s") as caught:
+        with pytest.raises(AnswerLostError, match=r"answer lost \(read timeout\)") as caught:
             await impatient.refresh(running_sandbox.provider(), refresh_token=token)
 
-    assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+    assert caught.value.how == "read timeout"
+    assert isinstance(caught.value, ProviderUnavailableError)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
     assert_no_secret(caught.value, token)
+    # The request was not lost: the provider served it and spent the refresh token.
+    for _ in range(100):
+        if running_sandbox.sandbox.stats()["issued"].get("refresh_token") == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert running_sandbox.sandbox.stats()["issued"] == {"refresh_token": 1}
+
+
+async def test_a_connection_closed_after_the_request_was_read_is_a_lost_answer() -> None:
+    received = asyncio.Event()
+
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = load_registry(
+        env={
+            "LINKVAULT_PROVIDER_SANDBOX_BASE_URL": f"http://127.0.0.1:{port}",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "hang-up-secret",
+        }
+    ).get("sandbox")
+    try:
+        async with HttpxTokenClient() as client:
+            with pytest.raises(AnswerLostError) as caught:
+                await client.refresh(provider, refresh_token="rt-hang-up-0123456789abcdef")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert received.is_set()
+    assert caught.value.how == "connection closed without an answer"
+    assert_no_secret(caught.value, "hang-up-secret", "rt-hang-up-0123456789abcdef")
 
 
 async def test_an_injected_invalid_grant_is_an_invalid_grant(
@@ -430,9 +470,10 @@ async def test_a_closed_port_is_provider_unavailable(client: HttpxTokenClient) -
         }
     ).get("sandbox")
 
-    with pytest.raises(ProviderUnavailableError, match="ConnectError") as caught:
+    with pytest.raises(ProviderUnavailableError, match="before sending: ConnectError") as caught:
         await client.refresh(provider, refresh_token="rt-closed-port-0123456789")
 
+    assert not isinstance(caught.value, AnswerLostError), "nothing was sent: an ordinary retry"
     assert_no_secret(caught.value, "closed-port-secret", "rt-closed-port-0123456789")
 
 

@@ -11,10 +11,11 @@ from typing import Protocol, Self
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from linkvault.domain import Clock, ProviderConnection, utc_now
+from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, utc_now
 from linkvault.errors import InvalidArgumentError
 from linkvault.ports import ProviderConnectionRepository
 from linkvault.stores.common import (
+    CircuitCount,
     Claim,
     ConnectionFilter,
     PendingAuthorization,
@@ -45,11 +46,38 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
         lease: timedelta,
         limit: int,
         max_failures: int,
+        paused: Sequence[str] = (),
     ) -> list[Claim]: ...
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
     ) -> Claim | None: ...
+
+    async def begin_attempt(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        lease: timedelta,
+        fingerprint: str,
+        credentials: bytes,
+    ) -> datetime | None: ...
+
+    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool: ...
+
+    async def complete_refresh(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        started_from: bytes,
+        credentials: ProviderCredentials,
+        next_refresh_at: datetime | None,
+    ) -> bool: ...
+
+    async def record_lost(
+        self, connection_id: UUID, owner: str, *, how: str, error: str
+    ) -> bool: ...
 
     async def finish_claim(
         self,
@@ -66,6 +94,16 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
     async def refresh_backlog(
         self, horizon: timedelta, *, max_failures: int | None = None
     ) -> RefreshBacklog: ...
+
+    async def open_circuits(self) -> dict[str, datetime]: ...
+
+    async def circuit_failure(
+        self, provider_slug: str, *, window: timedelta, error: str
+    ) -> CircuitCount: ...
+
+    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool: ...
+
+    async def close_circuit(self, provider_slug: str) -> bool: ...
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500

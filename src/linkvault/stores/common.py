@@ -52,19 +52,53 @@ def check_limit(limit: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class LostAttempt:
+    """A refresh request sent earlier whose answer never came back.
+
+    `how` says how the answer was lost ("read timeout", "connection reset"...); None means
+    the worker that sent it stopped (crashed, or lost its lease) before the answer came.
+    `fingerprint` identifies the refresh token it spent, never the token itself.
+    """
+
+    at: datetime
+    fingerprint: str
+    how: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """A connection leased to one refresh worker, with its failed attempts so far."""
+    """A connection leased to one refresh worker, its failed attempts, and any lost attempt."""
 
     connection: ProviderConnection
     failures: int
+    lost: LostAttempt | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RefreshBacklog:
-    """Due connections nobody holds a lease on, and the expiry of the most overdue one."""
+    """Due connections (whoever leases them), those nobody leases, and the oldest expiry."""
 
+    due: int
     unclaimed: int
     oldest_due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitCount:
+    """A provider's circuit after one more failure was counted."""
+
+    failures: int
+    opened: int
+    open_until: datetime | None
+
+
+def lost_attempt(
+    at: datetime | None, fingerprint: str | None, how: str | None
+) -> LostAttempt | None:
+    """The lost attempt a claimed row records, if any."""
+    if at is None or fingerprint is None:
+        return None
+    return LostAttempt(at, fingerprint, how)
 
 
 def check_owner(owner: str) -> str:

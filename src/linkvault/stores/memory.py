@@ -11,9 +11,16 @@ from types import TracebackType
 from typing import Self
 from uuid import UUID
 
-from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
+from linkvault.domain import (
+    Clock,
+    ConnectionStatus,
+    ProviderConnection,
+    ProviderCredentials,
+    utc_now,
+)
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.stores.common import (
+    CircuitCount,
     Claim,
     ConnectionFilter,
     PendingAuthorization,
@@ -21,6 +28,7 @@ from linkvault.stores.common import (
     check_limit,
     check_minutes,
     check_owner,
+    lost_attempt,
 )
 
 
@@ -36,6 +44,30 @@ class _Schedule:
     failures: int = 0
     next_at: datetime | None = None
     error: str | None = None
+    attempt_at: datetime | None = None
+    fingerprint: str | None = None
+    lost_how: str | None = None
+
+    def leased_at(self, now: datetime) -> bool:
+        return self.until is not None and self.until > now
+
+    def clear_attempt(self) -> None:
+        self.attempt_at = self.fingerprint = self.lost_how = None
+
+    def claim(self, c: ProviderConnection, owner: str, until: datetime) -> Claim:
+        self.owner, self.until = owner, until
+        return Claim(
+            _copy(c), self.failures, lost_attempt(self.attempt_at, self.fingerprint, self.lost_how)
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Circuit:
+    failures: int = 0
+    opened: int = 0
+    open_until: datetime | None = None
+    error: str | None = None
+    updated_at: datetime | None = None
 
 
 def _due_expiry(c: ProviderConnection, horizon: datetime) -> datetime | None:
@@ -63,6 +95,7 @@ class InMemoryConnectionRepository:
         self._rows: dict[UUID, ProviderConnection] = {}
         self._schedules: dict[UUID, _Schedule] = {}
         self._states: dict[bytes, PendingAuthorization] = {}
+        self._circuits: dict[str, _Circuit] = {}
         self._clock = clock
         self._lock = asyncio.Lock()
         self._in_transaction = False
@@ -101,6 +134,7 @@ class InMemoryConnectionRepository:
             staged._rows = {k: _copy(v) for k, v in self._rows.items()}
             staged._schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             staged._states = dict(self._states)
+            staged._circuits = self._circuits
             staged._in_transaction = True
             yield staged
             self._rows = staged._rows
@@ -165,6 +199,7 @@ class InMemoryConnectionRepository:
         schedule = self._schedules.setdefault(connection.id, _Schedule())
         if old_blob != new_blob:
             schedule.failures, schedule.next_at = 0, None
+            schedule.clear_attempt()
         self._rows[connection.id] = copy
         connection.version = expected + 1
 
@@ -221,30 +256,36 @@ class InMemoryConnectionRepository:
         lease: timedelta,
         limit: int,
         max_failures: int,
+        paused: Sequence[str] = (),
     ) -> list[Claim]:
-        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
+        """Lease up to `limit` due connections: lost attempts first, then by expiry.
+
+        Connections of the `paused` providers (an open circuit) are left alone.
+        """
         check_owner(owner)
         check_limit(limit)
+        skip = set(paused)
         async with self._lock:
             now = self._clock()
-            due = []
+            lost, due = [], []
             for c in self._rows.values():
                 s = self._schedules.setdefault(c.id, _Schedule())
-                expiry = _due_expiry(c, now + horizon)
                 if (
-                    expiry is not None
-                    and (s.next_at is None or s.next_at <= now)
-                    and (s.until is None or s.until <= now)
-                    and s.failures < max_failures
+                    s.leased_at(now)
+                    or s.failures >= max_failures
+                    or c.provider_slug in skip
+                    or c.status is not ConnectionStatus.ACTIVE
                 ):
+                    continue
+                expiry = _due_expiry(c, now + horizon)
+                if s.attempt_at is not None:
+                    lost.append((s.attempt_at, c))
+                elif expiry is not None and (s.next_at is None or s.next_at <= now):
                     due.append((expiry, c))
+            lost.sort(key=lambda pair: pair[0])
             due.sort(key=lambda pair: pair[0])
-            claims = []
-            for _, c in due[:limit]:
-                s = self._schedules[c.id]
-                s.owner, s.until = owner, now + lease
-                claims.append(Claim(_copy(c), s.failures))
-            return claims
+            picked = [c for _, c in lost[:limit]] + [c for _, c in due[: limit - len(lost)]]
+            return [self._schedules[c.id].claim(c, owner, now + lease) for c in picked]
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
@@ -257,10 +298,100 @@ class InMemoryConnectionRepository:
             if c is None or c.status is not ConnectionStatus.ACTIVE:
                 return None
             s = self._schedules.setdefault(connection_id, _Schedule())
-            if s.until is not None and s.until > now:
+            if s.leased_at(now):
                 return None
-            s.owner, s.until = owner, now + lease
-            return Claim(_copy(c), s.failures)
+            return s.claim(c, owner, now + lease)
+
+    def _held(self, connection_id: UUID, owner: str) -> _Schedule | None:
+        s = self._schedules.get(connection_id)
+        if s is None or s.owner != owner or connection_id not in self._rows:
+            return None
+        return s
+
+    async def begin_attempt(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        lease: timedelta,
+        fingerprint: str,
+        credentials: bytes,
+    ) -> datetime | None:
+        """Fence and record a refresh request about to be sent; its first time, or None.
+
+        None: the lease is no longer this worker's, or the grant changed: send nothing.
+        """
+        async with self._lock:
+            now = self._clock()
+            s = self._held(connection_id, owner)
+            c = self._rows.get(connection_id)
+            if (
+                s is None
+                or c is None
+                or not s.leased_at(now)
+                or c.status is not ConnectionStatus.ACTIVE
+                or c.credentials is None
+                or c.credentials.encrypted_data != credentials
+            ):
+                return None
+            s.until = now + lease
+            if s.fingerprint != fingerprint or s.attempt_at is None:
+                s.attempt_at = now
+            s.fingerprint = fingerprint
+            return s.attempt_at
+
+    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
+        """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
+        async with self._lock:
+            now = self._clock()
+            s = self._held(connection_id, owner)
+            if s is None or not s.leased_at(now):
+                return False
+            s.until = now + lease
+            return True
+
+    async def complete_refresh(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        started_from: bytes,
+        credentials: ProviderCredentials,
+        next_refresh_at: datetime | None,
+    ) -> bool:
+        """Store refreshed credentials and close the lease in one step.
+
+        Applied only while the row still holds the grant `started_from`; False otherwise.
+        """
+        async with self._lock:
+            c = self._rows.get(connection_id)
+            if (
+                c is None
+                or c.status is not ConnectionStatus.ACTIVE
+                or c.credentials is None
+                or c.credentials.encrypted_data != started_from
+            ):
+                return False
+            copy = _copy(c)
+            copy.update_credentials(credentials, now=self._clock())
+            copy.version = c.version + 1
+            self._rows[connection_id] = copy
+            s = self._schedules.setdefault(connection_id, _Schedule())
+            if s.owner == owner:
+                s.owner, s.until = None, None
+            s.failures, s.next_at, s.error = 0, next_refresh_at, None
+            s.clear_attempt()
+            return True
+
+    async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
+        """A request whose answer never came: keep its record, hand the row back for a replay."""
+        async with self._lock:
+            s = self._held(connection_id, owner)
+            if s is None or s.attempt_at is None:
+                return False
+            s.owner, s.until, s.next_at = None, None, None
+            s.lost_how, s.error = how, error
+            return True
 
     async def finish_claim(
         self,
@@ -273,12 +404,13 @@ class InMemoryConnectionRepository:
     ) -> int | None:
         """Close a lease `owner` still holds; the failure count after it, or None if lost."""
         async with self._lock:
-            s = self._schedules.get(connection_id)
-            if s is None or s.owner != owner or connection_id not in self._rows:
+            s = self._held(connection_id, owner)
+            if s is None:
                 return None
             s.owner, s.until = None, None
             s.failures = 0 if succeeded else s.failures + 1
             s.next_at, s.error = next_attempt_at, error
+            s.clear_attempt()
             return s.failures
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
@@ -292,20 +424,69 @@ class InMemoryConnectionRepository:
     async def refresh_backlog(
         self, horizon: timedelta, *, max_failures: int | None = None
     ) -> RefreshBacklog:
-        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
+        """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
         async with self._lock:
             now = self._clock()
+            due, unclaimed = 0, 0
             expiries = []
             for c in self._rows.values():
                 s = self._schedules.get(c.id, _Schedule())
                 expiry = _due_expiry(c, now + horizon)
-                if (
-                    expiry is not None
-                    and (s.until is None or s.until <= now)
-                    and (max_failures is None or s.failures < max_failures)
+                if c.status is not ConnectionStatus.ACTIVE or (
+                    max_failures is not None and s.failures >= max_failures
                 ):
-                    expiries.append(expiry)
-            return RefreshBacklog(len(expiries), min(expiries) if expiries else None)
+                    continue
+                scheduled = s.next_at is None or s.next_at <= now or s.failures > 0
+                if s.attempt_at is None and (expiry is None or not scheduled):
+                    continue
+                due += 1
+                if s.leased_at(now):
+                    continue
+                unclaimed += 1
+                if c.credentials is not None and c.credentials.expires_at is not None:
+                    expiries.append(c.credentials.expires_at)
+            return RefreshBacklog(due, unclaimed, min(expiries) if expiries else None)
+
+    async def open_circuits(self) -> dict[str, datetime]:
+        """Providers whose circuit is open now, and until when."""
+        async with self._lock:
+            now = self._clock()
+            return {
+                slug: c.open_until
+                for slug, c in self._circuits.items()
+                if c.open_until is not None and c.open_until > now
+            }
+
+    async def circuit_failure(
+        self, provider_slug: str, *, window: timedelta, error: str
+    ) -> CircuitCount:
+        """Count a failure at a provider (failures older than `window` start afresh)."""
+        async with self._lock:
+            now = self._clock()
+            c = self._circuits.setdefault(provider_slug, _Circuit())
+            stale = c.updated_at is None or c.updated_at < now - window
+            c.failures = 1 if stale else c.failures + 1
+            c.error, c.updated_at = error[:500], now
+            return CircuitCount(c.failures, c.opened, c.open_until)
+
+    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
+        """Open a provider's circuit until `until`, unless another worker just did."""
+        async with self._lock:
+            now = self._clock()
+            c = self._circuits.get(provider_slug)
+            if c is None or c.opened != opened or (c.open_until is not None and c.open_until > now):
+                return False
+            c.opened, c.open_until, c.failures, c.updated_at = opened + 1, until, 0, now
+            return True
+
+    async def close_circuit(self, provider_slug: str) -> bool:
+        """Close a provider's circuit after a success; False when it was not failing."""
+        async with self._lock:
+            c = self._circuits.get(provider_slug)
+            if c is None or (c.failures == 0 and c.opened == 0):
+                return False
+            c.failures, c.opened, c.open_until = 0, 0, None
+            return True
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500

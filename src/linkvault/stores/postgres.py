@@ -28,6 +28,7 @@ from linkvault.errors import (
 )
 from linkvault.stores import queries
 from linkvault.stores.common import (
+    CircuitCount,
     Claim,
     ConnectionFilter,
     PendingAuthorization,
@@ -36,6 +37,7 @@ from linkvault.stores.common import (
     check_minutes,
     check_owner,
     list_query,
+    lost_attempt,
 )
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
@@ -151,6 +153,10 @@ def connection_params(c: ProviderConnection) -> tuple[Any, ...]:
         c.created_at,
         c.updated_at,
     )
+
+
+def _claim(row: asyncpg.Record) -> Claim:
+    return Claim(row_to_connection(row), row[15], lost_attempt(row[16], row[17], row[18]))
 
 
 class PostgresConnectionRepository:
@@ -351,13 +357,21 @@ class PostgresConnectionRepository:
         lease: timedelta,
         limit: int,
         max_failures: int,
+        paused: Sequence[str] = (),
     ) -> list[Claim]:
-        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
-        now = self._clock()
-        query = _Q["claim_due"]
-        args = (now + horizon, now, max_failures, check_limit(limit), check_owner(owner))
-        rows = await self._call("claim_due", lambda c: c.fetch(query, *args, now + lease))
-        return [Claim(row_to_connection(r), r[15]) for r in rows]
+        """Lease up to `limit` due connections: lost attempts first, then by expiry.
+
+        Connections of the `paused` providers (an open circuit) are left alone.
+        """
+        now, owner, limit = self._clock(), check_owner(owner), check_limit(limit)
+        skip = list(paused)
+        lost_q, due_q = _Q["claim_lost"], _Q["claim_due"]
+        lost_args = (now, max_failures, limit, owner, now + lease, skip)
+        rows = list(await self._call("claim_due", lambda c: c.fetch(lost_q, *lost_args)))
+        if len(rows) < limit:
+            args = (now + horizon, now, max_failures, limit - len(rows), owner, now + lease, skip)
+            rows.extend(await self._call("claim_due", lambda c: c.fetch(due_q, *args)))
+        return [_claim(r) for r in rows]
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
@@ -366,7 +380,64 @@ class PostgresConnectionRepository:
         now = self._clock()
         query, args = _Q["claim_connection"], (connection_id, check_owner(owner), now, now + lease)
         row = await self._call("claim_connection", lambda c: c.fetchrow(query, *args))
-        return None if row is None else Claim(row_to_connection(row), row[15])
+        return None if row is None else _claim(row)
+
+    async def begin_attempt(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        lease: timedelta,
+        fingerprint: str,
+        credentials: bytes,
+    ) -> datetime | None:
+        """Fence and record a refresh request about to be sent; its first time, or None.
+
+        None: the lease is no longer this worker's, or the grant changed: send nothing.
+        """
+        now = self._clock()
+        query = _Q["begin_attempt"]
+        args = (connection_id, owner, now, now + lease, fingerprint, credentials)
+        value: datetime | None = await self._call(
+            "begin_attempt", lambda c: c.fetchval(query, *args)
+        )
+        return value
+
+    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
+        """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
+        now = self._clock()
+        query, args = _Q["extend_lease"], (connection_id, owner, now, now + lease)
+        return await self._call("extend_lease", lambda c: c.fetchval(query, *args)) is not None
+
+    async def complete_refresh(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        started_from: bytes,
+        credentials: ProviderCredentials,
+        next_refresh_at: datetime | None,
+    ) -> bool:
+        """Store refreshed credentials and close the lease in one statement.
+
+        Applied only while the row still holds the grant `started_from`; False otherwise.
+        """
+        query = _Q["complete_refresh"]
+        args = (
+            connection_id,
+            owner,
+            started_from,
+            credentials.encrypted_data,
+            credentials.expires_at,
+            self._clock(),
+            next_refresh_at,
+        )
+        return await self._call("complete_refresh", lambda c: c.fetchval(query, *args)) is not None
+
+    async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
+        """A request whose answer never came: keep its record, hand the row back for a replay."""
+        query, args = _Q["record_lost"], (connection_id, owner, how, error)
+        return await self._call("record_lost", lambda c: c.fetchval(query, *args)) is not None
 
     async def finish_claim(
         self,
@@ -391,14 +462,41 @@ class PostgresConnectionRepository:
     async def refresh_backlog(
         self, horizon: timedelta, *, max_failures: int | None = None
     ) -> RefreshBacklog:
-        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
+        """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
         now = self._clock()
         query = _Q["refresh_backlog"]
         row = await self._call(
             "refresh_backlog", lambda c: c.fetchrow(query, now + horizon, now, max_failures)
         )
         assert row is not None
-        return RefreshBacklog(int(row[0]), row[1])
+        return RefreshBacklog(int(row[0]), int(row[1]), row[2])
+
+    async def open_circuits(self) -> dict[str, datetime]:
+        """Providers whose circuit is open now, and until when."""
+        query, now = _Q["open_circuits"], self._clock()
+        rows = await self._call("open_circuits", lambda c: c.fetch(query, now))
+        return {r[0]: r[1] for r in rows}
+
+    async def circuit_failure(
+        self, provider_slug: str, *, window: timedelta, error: str
+    ) -> CircuitCount:
+        """Count a failure at a provider (failures older than `window` start afresh)."""
+        now = self._clock()
+        query, args = _Q["circuit_failure"], (provider_slug, now, now - window, error[:500])
+        row = await self._call("circuit_failure", lambda c: c.fetchrow(query, *args))
+        assert row is not None
+        return CircuitCount(int(row[0]), int(row[1]), row[2])
+
+    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
+        """Open a provider's circuit until `until`, unless another worker just did."""
+        query, args = _Q["open_circuit"], (provider_slug, until, opened, self._clock())
+        return await self._call("open_circuit", lambda c: c.fetchval(query, *args)) is not None
+
+    async def close_circuit(self, provider_slug: str) -> bool:
+        """Close a provider's circuit after a success; False when it was not failing."""
+        query = _Q["close_circuit"]
+        value = await self._call("close_circuit", lambda c: c.fetchval(query, provider_slug))
+        return value is not None
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500

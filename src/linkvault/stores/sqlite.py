@@ -36,6 +36,7 @@ from linkvault.errors import (
 )
 from linkvault.stores import queries
 from linkvault.stores.common import (
+    CircuitCount,
     Claim,
     ConnectionFilter,
     PendingAuthorization,
@@ -44,6 +45,7 @@ from linkvault.stores.common import (
     check_minutes,
     check_owner,
     list_query,
+    lost_attempt,
 )
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 
@@ -149,6 +151,12 @@ def split_statements(script: str) -> list[str]:
     ):
         raise ValueError("the script ends with an incomplete statement")
     return statements
+
+
+def _claim(row: Sequence[Any]) -> Claim:
+    return Claim(
+        row_to_connection(row), int(row[15]), lost_attempt(from_micros(row[16]), row[17], row[18])
+    )
 
 
 class _Worker:
@@ -397,35 +405,41 @@ class SqliteConnectionRepository:
         lease: timedelta,
         limit: int,
         max_failures: int,
+        paused: Sequence[str] = (),
     ) -> list[Claim]:
-        """Lease up to `limit` refreshable ACTIVE connections expiring within `horizon`."""
-        now = self._clock()
-        query = _Q["claim_due"]
-        args = (
-            to_micros(now + horizon),
-            to_micros(now),
-            max_failures,
-            check_limit(limit),
-            check_owner(owner),
-            to_micros(now + lease),
-        )
+        """Lease up to `limit` due connections: lost attempts first, then by expiry.
+
+        Connections of the `paused` providers (an open circuit) are left alone.
+        """
+        now, owner, limit = self._clock(), check_owner(owner), check_limit(limit)
+        skip = json.dumps(list(paused))
+        lost_q, due_q = _Q["claim_lost"], _Q["claim_due"]
+        until = to_micros(now + lease)
+        lost_args = (to_micros(now), max_failures, limit, owner, until, skip)
+
+        def claim(db: sqlite3.Connection) -> list[Any]:
+            rows = db.execute(lost_q, lost_args).fetchall()
+            rows.sort(key=lambda r: r[16])
+            if len(rows) < limit:
+                args = (to_micros(now + horizon), to_micros(now), max_failures)
+                more = db.execute(due_q, (*args, limit - len(rows), owner, until, skip)).fetchall()
+                more.sort(key=lambda r: r[9])
+                rows.extend(more)
+            return rows
 
         def run(db: sqlite3.Connection) -> list[Any]:
             if db.in_transaction:
-                return db.execute(query, args).fetchall()
+                return claim(db)
             db.execute("BEGIN IMMEDIATE")
             try:
-                rows = db.execute(query, args).fetchall()
+                rows = claim(db)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
             return rows
 
-        rows = await self._call("claim_due", run)
-        claims = [Claim(row_to_connection(r), int(r[15])) for r in rows]
-        claims.sort(key=lambda c: c.connection.credentials.expires_at)  # type: ignore[union-attr,return-value,arg-type]
-        return claims
+        return [_claim(r) for r in await self._call("claim_due", run)]
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
@@ -435,7 +449,73 @@ class SqliteConnectionRepository:
         query = _Q["claim_connection"]
         args = (connection_id.bytes, check_owner(owner), to_micros(now), to_micros(now + lease))
         row = await self._call("claim_connection", lambda db: db.execute(query, args).fetchone())
-        return None if row is None else Claim(row_to_connection(row), int(row[15]))
+        return None if row is None else _claim(row)
+
+    async def begin_attempt(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        lease: timedelta,
+        fingerprint: str,
+        credentials: bytes,
+    ) -> datetime | None:
+        """Fence and record a refresh request about to be sent; its first time, or None.
+
+        None: the lease is no longer this worker's, or the grant changed: send nothing.
+        """
+        now = self._clock()
+        query = _Q["begin_attempt"]
+        args = (
+            connection_id.bytes,
+            owner,
+            to_micros(now),
+            to_micros(now + lease),
+            fingerprint,
+            credentials,
+        )
+        row = await self._call("begin_attempt", lambda db: db.execute(query, args).fetchone())
+        return None if row is None else from_micros(row[0])
+
+    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
+        """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
+        now = self._clock()
+        query = _Q["extend_lease"]
+        args = (connection_id.bytes, owner, to_micros(now), to_micros(now + lease))
+        row = await self._call("extend_lease", lambda db: db.execute(query, args).fetchone())
+        return row is not None
+
+    async def complete_refresh(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        started_from: bytes,
+        credentials: ProviderCredentials,
+        next_refresh_at: datetime | None,
+    ) -> bool:
+        """Store refreshed credentials and close the lease in one statement.
+
+        Applied only while the row still holds the grant `started_from`; False otherwise.
+        """
+        query = _Q["complete_refresh"]
+        args = (
+            connection_id.bytes,
+            owner,
+            started_from,
+            credentials.encrypted_data,
+            to_micros(credentials.expires_at),
+            to_micros(self._clock()),
+            to_micros(next_refresh_at),
+        )
+        row = await self._call("complete_refresh", lambda db: db.execute(query, args).fetchone())
+        return row is not None
+
+    async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
+        """A request whose answer never came: keep its record, hand the row back for a replay."""
+        query, args = _Q["record_lost"], (connection_id.bytes, owner, how, error)
+        row = await self._call("record_lost", lambda db: db.execute(query, args).fetchone())
+        return row is not None
 
     async def finish_claim(
         self,
@@ -461,12 +541,43 @@ class SqliteConnectionRepository:
     async def refresh_backlog(
         self, horizon: timedelta, *, max_failures: int | None = None
     ) -> RefreshBacklog:
-        """Due connections nobody leases (below `max_failures` if given), and the oldest expiry."""
+        """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
         now = self._clock()
         query = _Q["refresh_backlog"]
         args = (to_micros(now + horizon), to_micros(now), max_failures)
         row = await self._call("refresh_backlog", lambda db: db.execute(query, args).fetchone())
-        return RefreshBacklog(int(row[0]), from_micros(row[1]))
+        return RefreshBacklog(int(row[0]), int(row[1]), from_micros(row[2]))
+
+    async def open_circuits(self) -> dict[str, datetime]:
+        """Providers whose circuit is open now, and until when."""
+        query, now = _Q["open_circuits"], to_micros(self._clock())
+        rows = await self._call("open_circuits", lambda db: db.execute(query, (now,)).fetchall())
+        return {r[0]: _EPOCH + r[1] * _MICROSECOND for r in rows}
+
+    async def circuit_failure(
+        self, provider_slug: str, *, window: timedelta, error: str
+    ) -> CircuitCount:
+        """Count a failure at a provider (failures older than `window` start afresh)."""
+        now = self._clock()
+        query = _Q["circuit_failure"]
+        args = (provider_slug, to_micros(now), to_micros(now - window), error[:500])
+        row = await self._call("circuit_failure", lambda db: db.execute(query, args).fetchone())
+        return CircuitCount(int(row[0]), int(row[1]), from_micros(row[2]))
+
+    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
+        """Open a provider's circuit until `until`, unless another worker just did."""
+        query = _Q["open_circuit"]
+        args = (provider_slug, to_micros(until), opened, to_micros(self._clock()))
+        row = await self._call("open_circuit", lambda db: db.execute(query, args).fetchone())
+        return row is not None
+
+    async def close_circuit(self, provider_slug: str) -> bool:
+        """Close a provider's circuit after a success; False when it was not failing."""
+        query = _Q["close_circuit"]
+        row = await self._call(
+            "close_circuit", lambda db: db.execute(query, (provider_slug,)).fetchone()
+        )
+        return row is not None
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500

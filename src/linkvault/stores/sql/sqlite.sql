@@ -58,6 +58,9 @@ UPDATE provider_connections SET
     -- New credentials start a fresh refresh schedule.
     refresh_failures = CASE WHEN encrypted_credentials IS NOT ?9 THEN 0 ELSE refresh_failures END,
     next_refresh_at = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE next_refresh_at END,
+    refresh_attempt_at = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_at END,
+    refresh_attempt_fingerprint = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_fingerprint END,
+    refresh_attempt_lost = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_lost END,
     version = version + 1
 WHERE id = ?1 AND version = ?15
 RETURNING version;
@@ -108,7 +111,8 @@ LIMIT ?6;
 
 -- name: claim_due
 -- Lease due refreshable connections to one worker; run under BEGIN IMMEDIATE, which holds
--- the single write lock, so no two workers can claim the same row.
+-- the single write lock, so no two workers can claim the same row. Providers whose circuit is
+-- open (?7, a JSON array) are left alone.
 UPDATE provider_connections
 SET refresh_lease_owner = ?5, refresh_lease_until = ?6
 WHERE id IN (
@@ -121,21 +125,96 @@ WHERE id IN (
       AND (next_refresh_at IS NULL OR next_refresh_at <= ?2)
       AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2)
       AND refresh_failures < ?3
+      AND provider_slug NOT IN (SELECT value FROM json_each(?7))
     ORDER BY credentials_expire_at
     LIMIT ?4
 )
-RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures;
+RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures, refresh_attempt_at, refresh_attempt_fingerprint, refresh_attempt_lost;
+
+-- name: claim_lost
+-- Lease connections whose last refresh request's answer was lost, oldest first (under
+-- BEGIN IMMEDIATE, as claim_due).
+UPDATE provider_connections
+SET refresh_lease_owner = ?4, refresh_lease_until = ?5
+WHERE id IN (
+    SELECT id
+    FROM provider_connections
+    WHERE refresh_attempt_at IS NOT NULL
+      AND status = 'active'
+      AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?1)
+      AND refresh_failures < ?2
+      AND provider_slug NOT IN (SELECT value FROM json_each(?6))
+    ORDER BY refresh_attempt_at
+    LIMIT ?3
+)
+RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures, refresh_attempt_at, refresh_attempt_fingerprint, refresh_attempt_lost;
 
 -- name: finish_claim
--- Close a lease this worker still holds: reset the schedule after a success, or record the
--- failure and when to try again.
+-- Close a lease this worker still holds once the answer is known: reset the schedule after a
+-- success, or record the failure and when to try again.
 UPDATE provider_connections
 SET refresh_lease_owner = NULL,
     refresh_lease_until = NULL,
     refresh_failures = CASE WHEN ?3 THEN 0 ELSE refresh_failures + 1 END,
     next_refresh_at = ?4,
-    last_refresh_error = ?5
+    last_refresh_error = ?5,
+    refresh_attempt_at = NULL,
+    refresh_attempt_fingerprint = NULL,
+    refresh_attempt_lost = NULL
 WHERE id = ?1 AND refresh_lease_owner = ?2
+RETURNING refresh_failures;
+
+-- name: begin_attempt
+-- The fence before a refresh request: extend the lease only while this worker still holds it
+-- and the row still holds the grant the request will spend, and record the attempt first
+-- (its first time is kept across replays of the same refresh token).
+UPDATE provider_connections
+SET refresh_lease_until = ?4,
+    refresh_attempt_at = CASE WHEN refresh_attempt_fingerprint = ?5 THEN refresh_attempt_at ELSE ?3 END,
+    refresh_attempt_fingerprint = ?5
+WHERE id = ?1
+  AND refresh_lease_owner = ?2
+  AND refresh_lease_until > ?3
+  AND status = 'active'
+  AND encrypted_credentials = ?6
+RETURNING refresh_attempt_at;
+
+-- name: extend_lease
+-- Heartbeat: push a live lease further out, only while this worker still holds it.
+UPDATE provider_connections
+SET refresh_lease_until = ?4
+WHERE id = ?1 AND refresh_lease_owner = ?2 AND refresh_lease_until > ?3
+RETURNING refresh_lease_until;
+
+-- name: complete_refresh
+-- Success: the new tokens, the next refresh time and the closed lease in one statement, applied
+-- only while the row still holds the grant this refresh started from.
+UPDATE provider_connections
+SET encrypted_credentials = ?4,
+    credentials_expire_at = ?5,
+    updated_at = ?6,
+    version = version + 1,
+    refresh_lease_owner = CASE WHEN refresh_lease_owner = ?2 THEN NULL ELSE refresh_lease_owner END,
+    refresh_lease_until = CASE WHEN refresh_lease_owner = ?2 THEN NULL ELSE refresh_lease_until END,
+    refresh_failures = 0,
+    next_refresh_at = ?7,
+    last_refresh_error = NULL,
+    refresh_attempt_at = NULL,
+    refresh_attempt_fingerprint = NULL,
+    refresh_attempt_lost = NULL
+WHERE id = ?1 AND status = 'active' AND encrypted_credentials = ?3
+RETURNING version;
+
+-- name: record_lost
+-- A request was sent and its answer never came: keep the attempt on record, say how its answer
+-- was lost, and hand the connection back for an immediate replay (no failure counted).
+UPDATE provider_connections
+SET refresh_lease_owner = NULL,
+    refresh_lease_until = NULL,
+    next_refresh_at = NULL,
+    refresh_attempt_lost = ?3,
+    last_refresh_error = ?4
+WHERE id = ?1 AND refresh_lease_owner = ?2 AND refresh_attempt_at IS NOT NULL
 RETURNING refresh_failures;
 
 -- name: release_claims
@@ -145,15 +224,51 @@ SET refresh_lease_owner = NULL, refresh_lease_until = NULL
 WHERE refresh_lease_owner = ?2 AND hex(id) IN (SELECT value FROM json_each(?1));
 
 -- name: refresh_backlog
--- Due but not leased right now, and the age of the most overdue one, for the worker's gauges.
-SELECT count(*), min(credentials_expire_at)
+-- Due connections (?3: below that many failures), whoever leases them, how many of them are
+-- not leased right now, and the expiry of the most overdue one. Due: inside the horizon and
+-- past its scheduled time (or waiting out a failure's backoff), or holding a lost answer.
+SELECT count(*),
+       coalesce(sum(refresh_lease_until IS NULL OR refresh_lease_until <= ?2), 0),
+       min(CASE WHEN refresh_lease_until IS NULL OR refresh_lease_until <= ?2 THEN credentials_expire_at END)
 FROM provider_connections
 WHERE status = 'active'
-  AND credentials_expire_at IS NOT NULL
-  AND credentials_expire_at <= ?1
   AND credential_type IN ('oauth2', 'link_token')
-  AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?2)
-  AND (?3 IS NULL OR refresh_failures < ?3);
+  AND (?3 IS NULL OR refresh_failures < ?3)
+  AND (refresh_attempt_at IS NOT NULL
+       OR (credentials_expire_at IS NOT NULL
+           AND credentials_expire_at <= ?1
+           AND (next_refresh_at IS NULL OR next_refresh_at <= ?2 OR refresh_failures > 0)));
+
+-- name: open_circuits
+-- Providers whose circuit is open now, and until when.
+SELECT provider_slug, open_until
+FROM provider_circuits
+WHERE open_until > ?1;
+
+-- name: circuit_failure
+-- Count one more failure at a provider; failures older than the window (?3) start afresh.
+INSERT INTO provider_circuits (provider_slug, failures, opened, open_until, last_error, updated_at)
+VALUES (?1, 1, 0, NULL, ?4, ?2)
+ON CONFLICT (provider_slug) DO UPDATE
+SET failures = CASE WHEN provider_circuits.updated_at < ?3 THEN 1
+                    ELSE provider_circuits.failures + 1 END,
+    last_error = EXCLUDED.last_error,
+    updated_at = EXCLUDED.updated_at
+RETURNING failures, opened, open_until;
+
+-- name: open_circuit
+-- Open (or re-open) a provider's circuit, once however many workers decide it at the same time.
+UPDATE provider_circuits
+SET opened = opened + 1, open_until = ?2, failures = 0, updated_at = ?4
+WHERE provider_slug = ?1 AND opened = ?3 AND (open_until IS NULL OR open_until <= ?4)
+RETURNING open_until;
+
+-- name: close_circuit
+-- A success at the provider: it is healthy again.
+UPDATE provider_circuits
+SET failures = 0, opened = 0, open_until = NULL
+WHERE provider_slug = ?1 AND (failures > 0 OR opened > 0)
+RETURNING provider_slug;
 
 -- name: find_sealed_outside
 -- Rotation: connections whose credentials were not sealed under the key with this header.
@@ -178,7 +293,7 @@ SET refresh_lease_owner = ?2, refresh_lease_until = ?4
 WHERE id = ?1
   AND status = 'active'
   AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?3)
-RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures;
+RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures, refresh_attempt_at, refresh_attempt_fingerprint, refresh_attempt_lost;
 
 -- name: put_state
 INSERT INTO oauth_states
