@@ -13,6 +13,7 @@ from linkvault.connect import ConnectService
 from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
 from linkvault.domain import Clock, utc_now
 from linkvault.oauth import HttpxTokenClient
+from linkvault.origins import ReturnOrigins
 from linkvault.providers import ClientCredentials, ProviderRegistry, load_registry
 from linkvault.refresher import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings
@@ -88,7 +89,14 @@ class Runtime:
             await store.close()
             raise
         tokens = HttpxTokenClient(timeout=settings.refresh_timeout_seconds, clock=clock)
-        connect = ConnectService(store, registry, tokens, cipher, clock=clock)
+        connect = ConnectService(
+            store,
+            registry,
+            tokens,
+            cipher,
+            clock=clock,
+            return_origins=ReturnOrigins(settings.return_origins),
+        )
         worker = RefreshWorker(
             store, registry, tokens, cipher, policy=refresh_policy(settings), clock=clock
         )
