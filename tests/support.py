@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 
 @dataclass
@@ -13,3 +14,16 @@ class FakeClock:
 
     def advance(self, **kwargs: float) -> None:
         self.now += timedelta(**kwargs)
+
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_of(response: Any, status: int) -> dict[str, Any]:
+    """The RFC 9457 body of `response` (an httpx response), after checking it is one."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "instance"} <= body.keys()
+    return body
