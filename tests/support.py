@@ -17,6 +17,14 @@ class FakeClock:
 
 
 PROBLEM_JSON = "application/problem+json"
+# A provider that connects with an API key, for tests of the API's key flow.
+API_KEY_PROVIDER_TOML = """
+[[providers]]
+slug = "acme-keys"
+id = "0b7b3a5e-53c4-4c0e-9a34-7f1a2f5e9d11"
+display_name = "Acme (API key)"
+auth_style = "api_key"
+"""
 
 
 def problem_of(response: Any, status: int) -> dict[str, Any]:

@@ -1763,7 +1763,9 @@ def _what_this_deployment_accepts(
     provider["enum"] = sorted(slugs)
     for name in ("StartConnection", "ReconnectConnection"):
         properties = models[name]["properties"]
-        if origins is None or origins.pattern is None:
+        if origins is None:
+            continue  # the connect service leaves return_to to its caller
+        if origins.pattern is None:
             properties.pop("return_to")  # additionalProperties is false: the schema says no
             continue
         for branch in properties["return_to"]["anyOf"]:

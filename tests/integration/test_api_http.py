@@ -26,15 +26,8 @@ from linkvault.crypto import generate_key
 from linkvault.sandbox import RunningSandbox
 from linkvault.settings import Settings
 from tests.sandbox_fixtures import drive_consent
-from tests.support import problem_of
+from tests.support import API_KEY_PROVIDER_TOML, problem_of
 
-PROVIDERS = """
-[[providers]]
-slug = "acme-keys"
-id = "0b7b3a5e-53c4-4c0e-9a34-7f1a2f5e9d11"
-display_name = "Acme (API key)"
-auth_style = "api_key"
-"""
 APP_ORIGIN = "https://app.example"
 BODY_LIMIT = 16 * 1024
 ADMIN, ADMIN_ENTRY = generate_api_key("admin", set(Scope))
@@ -64,13 +57,20 @@ class Served:
 
 
 @contextmanager
-def serve(database_url: str, root: Path, sandbox: RunningSandbox) -> Iterator[Served]:
-    (root / "providers.toml").write_text(PROVIDERS)
+def serve(
+    database_url: str,
+    root: Path,
+    sandbox: RunningSandbox,
+    *,
+    origins: tuple[str, ...] = (APP_ORIGIN,),
+    key: str | None = None,
+) -> Iterator[Served]:
+    (root / "providers.toml").write_text(API_KEY_PROVIDER_TOML)
     settings = Settings(
         database_url=database_url,
-        keys=SecretStr(generate_key("k1")),
+        keys=SecretStr(key or generate_key("k1")),
         providers_file=root / "providers.toml",
-        return_origins=(APP_ORIGIN,),
+        return_origins=origins,
         max_body_bytes=BODY_LIMIT,
     )
     with (
@@ -178,6 +178,21 @@ async def test_after_consent_the_callback_sends_the_user_only_to_an_allowed_orig
     target = urlsplit(back.headers["location"])
     assert f"{target.scheme}://{target.netloc}" == APP_ORIGIN
     assert dict(parse_qsl(target.query))["status"] == "active"
+
+
+async def test_an_origin_dropped_from_the_list_before_the_callback_gets_no_redirect(
+    tmp_path: Path, running_sandbox: RunningSandbox
+) -> None:
+    database, key = f"sqlite:///{tmp_path / 'api.db'}", generate_key("k1")
+    body = {"user_id": str(uuid4()), "provider": "sandbox", "return_to": f"{APP_ORIGIN}/done"}
+    with serve(database, tmp_path, running_sandbox, key=key) as before:
+        started = before.http.post("/v1/connections", json=body)
+        assert started.status_code == 201, started.text
+    params = await drive_consent(started.json()["authorize_url"])
+    with serve(database, tmp_path, running_sandbox, key=key, origins=()) as after:
+        back = after.http.get(f"{CALLBACK_PATH}?{urlencode(params)}")
+    assert back.status_code == 200, back.text
+    assert "location" not in back.headers
 
 
 # --- 3: body size -----------------------------------------------------------------------

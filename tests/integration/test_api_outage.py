@@ -19,31 +19,25 @@ from tests.pg_cluster import (
     private_postgres_fixture,
     running_private_postgres_fixture,
 )
-from tests.support import FakeClock
+from tests.support import API_KEY_PROVIDER_TOML, FakeClock
 
 __all__ = ["private_postgres_fixture", "running_private_postgres_fixture"]
 
-PROVIDERS = """
-[[providers]]
-slug = "acme-keys"
-id = "0b7b3a5e-53c4-4c0e-9a34-7f1a2f5e9d11"
-display_name = "Acme (API key)"
-auth_style = "api_key"
-"""
+
+@pytest.fixture
+async def outage_settings(running_private_postgres: PrivateCluster, tmp_path: Path) -> Settings:
+    url = await running_private_postgres.create_database()
+    providers = tmp_path / "providers.toml"
+    providers.write_text(API_KEY_PROVIDER_TOML)
+    return Settings(database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers)
 
 
 @pytest.fixture
 async def outage_client(
-    running_private_postgres: PrivateCluster, tmp_path: Path
+    running_private_postgres: PrivateCluster, outage_settings: Settings
 ) -> AsyncIterator[tuple[httpx.AsyncClient, PrivateCluster]]:
-    url = await running_private_postgres.create_database()
-    providers = tmp_path / "providers.toml"
-    providers.write_text(PROVIDERS)
-    settings = Settings(
-        database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers
-    )
     key, entry = generate_api_key("admin", set(Scope))
-    async with await Runtime.open(settings, env={}) as runtime:
+    async with await Runtime.open(outage_settings, env={}) as runtime:
         app = create_app(runtime, ApiKeySet([entry]))
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {key}"}
@@ -91,18 +85,14 @@ async def test_the_api_answers_503_while_postgres_is_down_and_recovers_without_a
 
 
 async def test_an_outage_is_logged_once_then_summarized_then_its_recovery_once(
-    running_private_postgres: PrivateCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    running_private_postgres: PrivateCluster,
+    outage_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = await running_private_postgres.create_database()
-    providers = tmp_path / "providers.toml"
-    providers.write_text(PROVIDERS)
-    settings = Settings(
-        database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers
-    )
     key, entry = generate_api_key("admin", set(Scope))
     clock = FakeClock()
     caplog.set_level(logging.INFO, logger="linkvault.api")
-    with api_in_thread(settings, ApiKeySet([entry]), env={}, clock=clock) as api:
+    with api_in_thread(outage_settings, ApiKeySet([entry]), env={}, clock=clock) as api:
         async with httpx.AsyncClient(
             base_url=api.url, headers={"Authorization": f"Bearer {key}"}
         ) as http:
