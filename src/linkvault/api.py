@@ -21,14 +21,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from http import HTTPStatus
+from pathlib import Path as PathType
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
+import fastapi_offline
 import uvicorn
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -39,11 +42,13 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from linkvault.access import ApiKeyEntry, ApiKeySet
 from linkvault.access import Scope as KeyScope
+from linkvault.connections import ConnectionService
 from linkvault.credentials import (
     ApiKeyCredentials,
     CertificateCredentials,
@@ -56,9 +61,11 @@ from linkvault.credentials import (
 )
 from linkvault.domain import (
     MAX_ALIAS_LENGTH,
+    Clock,
     ConnectionStatus,
     CredentialType,
     ProviderConnection,
+    utc_now,
 )
 from linkvault.errors import (
     ConfigurationError,
@@ -74,6 +81,8 @@ from linkvault.errors import (
     StaleConnectionError,
     UnknownProviderError,
 )
+from linkvault.origins import MAX_RETURN_URL_LENGTH, ReturnOrigins
+from linkvault.outage import OutageLog
 from linkvault.providers import AuthStyle, Provider
 from linkvault.refresher import Outcome, refresh_now
 from linkvault.runtime import Runtime
@@ -94,7 +103,13 @@ audit = logging.getLogger("linkvault.api.audit")
 
 CALLBACK_PATH = "/v1/oauth/callback"
 HEALTH_PATH = "/v1/health"
+DOCS_ASSETS = "/docs/assets"
 PUBLIC_PATHS = frozenset({HEALTH_PATH, CALLBACK_PATH, "/openapi.json", "/docs"})
+# Metrics label only these methods; any other is counted as "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A validation problem lists at most this many fields, each name cut to a readable length.
+MAX_LISTED_ERRORS = 20
+MAX_ERROR_TEXT = 120
 MAX_PAGE_SIZE = 500
 PROBLEM_JSON = "application/problem+json"
 _KEY_SCOPE = "linkvault.api_key"
@@ -109,7 +124,11 @@ _REAUTHORIZABLE = frozenset(
 _SLUG_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 # RFC 6749 section 3.3 scope-token characters.
 _SCOPE_PATTERN = r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$"
+# The If-Match values this API reads: *, "3", W/"3" or 3 (the OpenAPI schema says the same).
+IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?"[0-9]{1,18}"|[0-9]{1,18})\s*$'
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+# encode_cursor's output: 16 bytes in unpadded base64url, whose last character holds 2 bits.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{21}[AQgw]$"
 
 
 # --- request and response models ---------------------------------------------
@@ -130,8 +149,10 @@ def _return_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an absolute http or https URL")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("must not contain whitespace or control characters")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        raise ValueError("must not contain whitespace, control characters or backslashes")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain a user name or password")
     return value
 
 
@@ -146,7 +167,10 @@ Alias = Annotated[
 ScopeToken = Annotated[str, Field(pattern=_SCOPE_PATTERN)]
 ReturnTo = Annotated[
     str,
-    Field(max_length=2000, description="where the user's browser goes after a successful consent"),
+    Field(
+        max_length=MAX_RETURN_URL_LENGTH,
+        description="where the user's browser goes after consent: on an allowed return origin",
+    ),
     AfterValidator(_return_url),
 ]
 SecretText = Annotated[
@@ -193,6 +217,20 @@ class Connection(BaseModel):
         )
 
 
+class ConnectionRef(BaseModel):
+    """What a write answers to a key without the `read` scope: which connection, which version."""
+
+    id: UUID
+    version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
+
+
+def _shown(conn: ProviderConnection, key: ApiKeyEntry) -> Connection | ConnectionRef:
+    """A write's answer carries no more than the key could read."""
+    if key.allows(KeyScope.READ):
+        return Connection.of(conn)
+    return ConnectionRef(id=conn.id, version=conn.version)
+
+
 class ConnectionPage(BaseModel):
     """One page of connections; pass `next_cursor` as `cursor` for the next one."""
 
@@ -226,16 +264,16 @@ class ReconnectConnection(_Input):
 
 
 class UpdateConnection(_Input):
-    """Change the alias; `version` (or If-Match) makes the change conditional."""
+    """Set (or, with null, clear) the alias; `version` or If-Match makes the change conditional."""
 
-    alias: Annotated[Alias | None, AfterValidator(lambda v: v and _plain_text(v))] = None
+    alias: Annotated[Alias | None, AfterValidator(lambda v: v and _plain_text(v))]
     version: int | None = Field(default=None, ge=1, le=2**62)
 
 
 class StartedConnection(BaseModel):
     """A started connection; `authorize_url` is where to send the user (OAuth2 only)."""
 
-    connection: Connection
+    connection: Connection | ConnectionRef
     authorize_url: str | None
 
 
@@ -243,7 +281,7 @@ class RefreshResult(BaseModel):
     """How an immediate refresh ended, and the connection afterwards."""
 
     outcome: Outcome
-    connection: Connection
+    connection: Connection | ConnectionRef
 
 
 class OAuth2TokensPayload(BaseModel):
@@ -353,9 +391,12 @@ class FieldError(BaseModel):
 
 
 class ValidationProblem(Problem):
-    """A 422 problem listing the offending fields."""
+    """A 422 problem listing the offending fields (the first few, when there are many)."""
 
     errors: list[FieldError]
+    errors_omitted: int | None = Field(
+        default=None, ge=1, description="how many more fields were invalid than are listed"
+    )
 
 
 # --- problems ----------------------------------------------------------------
@@ -472,6 +513,8 @@ def _translate(exc: LinkvaultError) -> ApiProblem | None:
     if isinstance(exc, UnknownProviderError):
         return _invalid(str(exc), ["body", "provider"], "unknown provider", "unknown_provider")
     if isinstance(exc, InvalidArgumentError):
+        if exc.field is not None:
+            return _invalid(str(exc), ["body", exc.field], "not accepted")
         return ApiProblem(
             422, "validation-error", "Unprocessable Content", str(exc), extra={"errors": []}
         )
@@ -520,7 +563,10 @@ async def _on_linkvault_error(request: Request, exc: Exception) -> Response:
     problem = _translate(exc)
     if problem is None:
         return _internal(request, exc)
-    if problem.status >= 500:
+    outage = getattr(request.app.state, "outage", None)
+    if isinstance(exc, DatabaseError) and isinstance(outage, OutageLog):
+        outage.failure(exc)  # one line when an outage starts, not one per request
+    elif problem.status >= 500:
         log.warning(
             "%s %s answered %d: %s: %s",
             request.method,
@@ -534,16 +580,24 @@ async def _on_linkvault_error(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    # Only where and what: the offending input may be a secret (an API key in a body).
+    # Only where and what: the offending input may be a secret (an API key in a body). A body
+    # of many unknown fields gets a short answer: the first few fields, then how many more.
+    found = exc.errors()
     errors = [
         {
-            "loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
+            "loc": [_cut(str(p)) if not isinstance(p, int) else p for p in e.get("loc", ())],
+            "msg": _cut(str(e.get("msg", ""))),
+            "type": _cut(str(e.get("type", ""))),
         }
-        for e in exc.errors()
+        for e in found[:MAX_LISTED_ERRORS]
     ]
     fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]) for e in errors)
+    omitted = len(found) - len(errors)
+    if omitted:
+        fields += f" and {omitted} more"
+    extra: dict[str, Any] = {"errors": errors}
+    if omitted:
+        extra["errors_omitted"] = omitted
     return problem_response(
         request,
         ApiProblem(
@@ -551,9 +605,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
             "validation-error",
             "Unprocessable Content",
             f"invalid input: {fields}" if fields else "invalid input",
-            extra={"errors": errors},
+            extra=extra,
         ),
     )
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -563,10 +621,26 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     except ValueError:
         title = "Error"
     detail = exc.detail if isinstance(exc.detail, str) else None
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path; a path has several.
+        headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
     return problem_response(
-        request,
-        ApiProblem(exc.status_code, "about:blank", title, detail, headers=exc.headers or {}),
+        request, ApiProblem(exc.status_code, "about:blank", title, detail, headers=headers)
     )
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route answers on this scope's path; HEAD wherever GET is."""
+    methods: set[str] = set()
+    probe = {**scope, "method": "GET"}
+    for route in routes:
+        match, _ = route.matches(probe)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 # --- middleware --------------------------------------------------------------
@@ -601,13 +675,21 @@ async def _no_receive() -> Message:
 class AuthMiddleware:
     """Outside the public paths every request needs a known API key; routes check scopes."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeySet, public: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeySet,
+        public: frozenset[str],
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.keys = keys
         self.public = public
+        self.public_prefixes = public_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.public or path.startswith(self.public_prefixes):
             await self.app(scope, receive, send)
             return
         header = _header(scope, b"authorization")
@@ -629,6 +711,88 @@ class AuthMiddleware:
             return
         scope[_KEY_SCOPE] = entry
         await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Reads a request body only up to `max_bytes`; a larger one is a 413, unread beyond that.
+
+    The body is read here, before any route parses it, and handed on in one piece.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_problem(scope, send, self._too_large())
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left: the app gets the disconnect as the first message
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _send_problem(scope, send, self._too_large())
+                return
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": bytes(body)}
+                break
+        pending = [message]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> ApiProblem:
+        return ApiProblem(
+            413,
+            "body-too-large",
+            "Content Too Large",
+            f"a request body may hold at most {self.max_bytes} bytes",
+            headers={"Connection": "close"},
+            extra={"max_bytes": self.max_bytes},
+        )
+
+
+class HeadAsGetMiddleware:
+    """HEAD is answered as GET would be; the server sends the headers without the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "HEAD":
+            # A copy: the server reads the method from its own scope to leave the body out.
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
+class OutageMiddleware:
+    """Tells the outage log that the database answered: a 2xx from a route that needs it."""
+
+    def __init__(self, app: ASGIApp, outage: OutageLog, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.outage = outage
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                self.outage.success()
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
 
 
 class CatchAllMiddleware:
@@ -706,17 +870,21 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             route = self._route(scope)
             method = str(scope.get("method", ""))
+            if method not in HTTP_METHODS:
+                method = "other"  # a made-up method must not add a series per spelling
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
             # The path only: a callback's query carries the authorization code and state.
             log.debug("%s %s %d %.1fms", method, scope.get("path", ""), status, elapsed * 1000)
 
     def _route(self, scope: Scope) -> str:
+        # A route template, or one bucket for every path no route has: never the raw path.
         route = scope.get("route")
         if route is None:
+            probe = {**scope, "method": "GET"}
             for candidate in self.routes():
-                match, _ = candidate.matches(scope)
-                if match is Match.FULL:
+                match, _ = candidate.matches(probe)
+                if match is not Match.NONE:
                     route = candidate
                     break
         path = getattr(route, "path", None)
@@ -843,6 +1011,41 @@ def _reject_oauth_fields(body: StartConnection | ReconnectConnection, provider: 
             )
 
 
+def _one_version(body: int | None, header: int | None) -> int | None:
+    if body is not None and header is not None and body != header:
+        raise ApiProblem(
+            422,
+            "validation-error",
+            "Unprocessable Content",
+            f"the body's version {body} and If-Match {header} disagree: send one of them",
+            extra={
+                "errors": [
+                    {
+                        "loc": ["body", "version"],
+                        "msg": "disagrees with If-Match",
+                        "type": "value_error",
+                    },
+                    {
+                        "loc": ["header", "If-Match"],
+                        "msg": "disagrees with version",
+                        "type": "value_error",
+                    },
+                ]
+            },
+        )
+    return body if body is not None else header
+
+
+def _precondition_failed(exc: StaleConnectionError) -> ApiProblem:
+    return ApiProblem(
+        412,
+        "precondition-failed",
+        "Precondition Failed",
+        f"connection {exc.connection_id} is no longer at version {exc.expected_version}: "
+        "reload it and try again",
+    )
+
+
 def _parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
@@ -867,12 +1070,15 @@ _E401 = {"model": Problem, "description": "no API key, or an unknown one"}
 _E403 = {"model": Problem, "description": "the API key lacks the scope"}
 _E404 = {"model": Problem, "description": "no such connection"}
 _E409 = {"model": Problem, "description": "stale version, or not allowed in the current status"}
+_E412 = {"model": Problem, "description": "If-Match names a version that is no longer current"}
 _E422 = {"model": ValidationProblem, "description": "invalid input"}
 _E500 = {"model": Problem, "description": "internal error"}
 _E503 = {"model": Problem, "description": "the database is unavailable"}
+_E413 = {"model": Problem, "description": "the request body is larger than the limit"}
 _COMMON: dict[int | str, dict[str, Any]] = {
     401: _E401,
     403: _E403,
+    413: _E413,
     422: _E422,
     500: _E500,
     503: _E503,
@@ -998,20 +1204,21 @@ def create_app(
         title="linkvault",
         version="1",
         summary="Users' connections to external data providers, with encrypted credentials.",
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
         dependencies=[Depends(_known_query_only)],
+        # A redirect to the slash-less path would be built from the Host header.
+        redirect_slashes=False,
     )
+    app.state.outage = OutageLog(log, "the database", clock=runtime.clock)
     store = runtime.store
+    connections = ConnectionService(store, clock=runtime.clock)
     redirect_uri = runtime.settings.base_url + CALLBACK_PATH
 
     async def load(connection_id: UUID) -> ProviderConnection:
-        conn = await store.find_by_id(connection_id)
-        if conn is None:
-            raise _not_found(connection_id)
-        return conn
+        return await connections.get(connection_id)
 
     def provider_of(conn: ProviderConnection) -> Provider:
         try:
@@ -1043,7 +1250,9 @@ def create_app(
             int | None,
             Query(ge=0, le=MAX_MINUTES, description="only active ones expiring within N minutes"),
         ] = None,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        cursor: Annotated[
+            str | None, Query(pattern=CURSOR_PATTERN, description="a next_cursor from a page")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     ) -> ConnectionPage:
         provider_id: UUID | None = None
@@ -1110,7 +1319,7 @@ def create_app(
         responses={**_COMMON, 400: _E400, 409: _E409},
     )
     async def start_connection(
-        body: Annotated[StartConnection, Body()], response: Response, _key: WriteKey
+        body: Annotated[StartConnection, Body()], response: Response, key: WriteKey
     ) -> StartedConnection:
         try:
             provider = runtime.registry.get(body.provider)
@@ -1150,7 +1359,7 @@ def create_app(
             )
         response.headers["Location"] = f"/v1/connections/{conn.id}"
         response.headers.update(_etag(conn))
-        return StartedConnection(connection=Connection.of(conn), authorize_url=url)
+        return StartedConnection(connection=_shown(conn, key), authorize_url=url)
 
     @app.post(
         "/v1/connections/{connection_id}/reconnect",
@@ -1165,7 +1374,7 @@ def create_app(
     )
     async def reconnect(
         connection_id: ConnectionId,
-        _key: WriteKey,
+        key: WriteKey,
         body: Annotated[ReconnectConnection | None, Body()] = None,
     ) -> StartedConnection:
         body = body or ReconnectConnection()
@@ -1186,7 +1395,7 @@ def create_app(
                 return_to=body.return_to,
             )
             return StartedConnection(
-                connection=Connection.of(started.connection), authorize_url=started.authorize_url
+                connection=_shown(started.connection, key), authorize_url=started.authorize_url
             )
         _reject_oauth_fields(body, provider)
         if provider.auth_style is not AuthStyle.API_KEY:
@@ -1197,35 +1406,41 @@ def create_app(
             )
         credentials = _api_key_credentials(body.api_key, body.api_secret)
         conn = await runtime.connect.reconnect_with_credentials(connection_id, credentials)
-        return StartedConnection(connection=Connection.of(conn), authorize_url=None)
+        return StartedConnection(connection=_shown(conn, key), authorize_url=None)
 
     @app.patch(
         "/v1/connections/{connection_id}",
-        response_model=Connection,
+        response_model=Connection | ConnectionRef,
         tags=["connections"],
         summary="Rename a connection",
         description=(
-            "Scope `write`. Sets or clears the alias. With `version` in the body or an "
-            "If-Match header, a connection changed since that version is left alone (409)."
+            "Scope `write`. Sets or clears (null) the alias. Without a version the rename "
+            "applies to whatever version is current. With an If-Match header, a connection "
+            "changed since that version is left alone (412); with `version` in the body, "
+            "likewise (409); both at once must agree (422). A key without `read` gets only "
+            "the id and the version back."
         ),
-        responses={**_COMMON, 400: _E400, 404: _E404, 409: _E409},
+        responses={**_COMMON, 400: _E400, 404: _E404, 409: _E409, 412: _E412},
     )
     async def update_connection(
         connection_id: ConnectionId,
         body: Annotated[UpdateConnection, Body()],
         response: Response,
-        _key: WriteKey,
-        if_match: Annotated[str | None, Header(alias="If-Match", max_length=100)] = None,
-    ) -> Connection:
-        expected = body.version if body.version is not None else _parse_if_match(if_match)
-        conn = await load(connection_id)
-        if expected is not None and expected != conn.version:
-            raise StaleConnectionError(conn.id, expected)
-        if "alias" in body.model_fields_set:
-            conn.rename(body.alias, now=runtime.clock())
-            await store.save(conn)
+        key: WriteKey,
+        if_match: Annotated[
+            str | None, Header(alias="If-Match", pattern=IF_MATCH_PATTERN, max_length=24)
+        ] = None,
+    ) -> Connection | ConnectionRef:
+        header_version = _parse_if_match(if_match)
+        expected = _one_version(body.version, header_version)
+        try:
+            conn = await connections.rename(connection_id, body.alias, expected_version=expected)
+        except StaleConnectionError as exc:
+            if header_version is None:
+                raise
+            raise _precondition_failed(exc) from None
         response.headers.update(_etag(conn))
-        return Connection.of(conn)
+        return _shown(conn, key)
 
     @app.post(
         "/v1/connections/{connection_id}/refresh",
@@ -1239,7 +1454,7 @@ def create_app(
         ),
         responses={**_COMMON, 404: _E404, 409: _E409},
     )
-    async def refresh(connection_id: ConnectionId, _key: WriteKey) -> RefreshResult:
+    async def refresh(connection_id: ConnectionId, key: WriteKey) -> RefreshResult:
         conn = await load(connection_id)
         if conn.status is not ConnectionStatus.ACTIVE:
             raise _conflict(
@@ -1270,24 +1485,22 @@ def create_app(
             raise _conflict(
                 "refresh-in-progress", "a refresh of this connection is already running"
             )
-        return RefreshResult(outcome=outcome, connection=Connection.of(after))
+        return RefreshResult(outcome=outcome, connection=_shown(after, key))
 
     @app.post(
         "/v1/connections/{connection_id}/disconnect",
-        response_model=Connection,
+        response_model=Connection | ConnectionRef,
         tags=["connections"],
         summary="Disconnect a connection",
         description="Scope `write`. Soft delete: the record stays, the credentials are dropped.",
         responses={**_COMMON, 404: _E404, 409: _E409},
     )
     async def disconnect(
-        connection_id: ConnectionId, response: Response, _key: WriteKey
-    ) -> Connection:
-        conn = await load(connection_id)
-        conn.mark_disconnected(now=runtime.clock())
-        await store.save(conn)
+        connection_id: ConnectionId, response: Response, key: WriteKey
+    ) -> Connection | ConnectionRef:
+        conn = await connections.disconnect(connection_id)
         response.headers.update(_etag(conn))
-        return Connection.of(conn)
+        return _shown(conn, key)
 
     @app.delete(
         "/v1/connections/{connection_id}",
@@ -1406,6 +1619,22 @@ def create_app(
         )
         return HTMLResponse(_page("Connected", body))
 
+    # --- docs ---------------------------------------------------------------------
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_ui_assets()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # The validator badge would send the schema to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
     # --- providers, health, metrics ------------------------------------------
 
     @app.get(
@@ -1483,9 +1712,22 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     public = PUBLIC_PATHS if public_docs else frozenset({HEALTH_PATH, CALLBACK_PATH})
-    # Added innermost first: metrics see every answer, 401s and 500s included.
+    # Added innermost first: metrics see every answer, 401s and 500s included; a body is
+    # read only for a known key, and only up to the limit.
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(AuthMiddleware, keys=access, public=public)
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(
+        AuthMiddleware,
+        keys=access,
+        public=public,
+        public_prefixes=(f"{DOCS_ASSETS}/",) if public_docs else (),
+    )
+    app.add_middleware(
+        OutageMiddleware,
+        outage=app.state.outage,
+        prefixes=("/v1/connections", HEALTH_PATH, CALLBACK_PATH),
+    )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics, routes=lambda: app.router.routes)
 
     def openapi() -> dict[str, Any]:
@@ -1496,11 +1738,48 @@ def create_app(
                 summary=app.summary,
                 routes=app.routes,
             )
-            app.openapi_schema = _problem_media_types(schema)
+            _problem_media_types(schema)
+            app.openapi_schema = _what_this_deployment_accepts(
+                schema, [p.slug for p in runtime.registry], runtime.connect.return_origins
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _swagger_ui_assets() -> PathType:
+    """Swagger UI's files as fastapi-offline ships them: /docs needs no CDN."""
+    return PathType(fastapi_offline.__file__).parent / "static"
+
+
+def _what_this_deployment_accepts(
+    schema: dict[str, Any], slugs: list[str], origins: ReturnOrigins | None
+) -> dict[str, Any]:
+    """Narrow the inputs that depend on configuration to exactly what is accepted."""
+    models = schema.get("components", {}).get("schemas", {})
+    provider = models["StartConnection"]["properties"]["provider"]
+    provider.pop("pattern", None)
+    provider["enum"] = sorted(slugs)
+    for name in ("StartConnection", "ReconnectConnection"):
+        properties = models[name]["properties"]
+        if origins is None:
+            continue  # the connect service leaves return_to to its caller
+        if origins.pattern is None:
+            properties.pop("return_to")  # additionalProperties is false: the schema says no
+            continue
+        for branch in properties["return_to"]["anyOf"]:
+            if branch.get("type") == "string":
+                branch["pattern"] = origins.pattern
+    listing = schema["paths"]["/v1/connections"]["get"]
+    for parameter in listing["parameters"]:
+        if parameter["name"] == "provider":
+            parameter["schema"]["anyOf"] = [
+                {"type": "string", "enum": sorted(slugs)},
+                {"type": "string", "format": "uuid"},
+                {"type": "null"},
+            ]
+    return schema
 
 
 def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
@@ -1564,6 +1843,7 @@ def api_in_thread(
     run_worker: bool = False,
     sock: socket.socket | None = None,
     startup_timeout: float = 30.0,
+    clock: Clock = utc_now,
 ) -> Iterator[RunningApi]:
     """Open a runtime and serve the API on a loopback port in a thread; all closed on exit.
 
@@ -1575,7 +1855,7 @@ def api_in_thread(
     servers: list[uvicorn.Server] = []
 
     async def main() -> None:
-        runtime = await Runtime.open(settings, env=env)
+        runtime = await Runtime.open(settings, env=env, clock=clock)
         try:
             app = create_app(runtime, access, run_worker=run_worker)
             server = Server(_config(app, "127.0.0.1", 0, "warning"), started.set)

@@ -42,6 +42,7 @@ from linkvault.oauth import (
     generate_state,
     token_expiry,
 )
+from linkvault.origins import ReturnOrigins
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.stores import ConnectionStore
@@ -104,13 +105,16 @@ class ConnectService:
         *,
         clock: Clock = utc_now,
         state_ttl: timedelta = STATE_TTL,
+        return_origins: ReturnOrigins | None = None,
     ) -> None:
+        """`return_origins`: where `return_to` may point; None leaves `return_to` to the caller."""
         self.store = store
         self.registry = registry
         self.tokens = tokens
         self.cipher = cipher
         self.clock = clock
         self.state_ttl = state_ttl
+        self.return_origins = return_origins
 
     async def start_oauth(
         self,
@@ -177,7 +181,7 @@ class ConnectService:
         if not can_transition(conn.status, ConnectionStatus.ACTIVE):
             # Checked before the exchange: no tokens are issued for a connection that cannot
             # take them (disconnected meanwhile, or already completed through another state).
-            return CallbackResult(conn, pending.return_to, _NOT_CONNECTABLE[conn.status])
+            return CallbackResult(conn, self._return_to(pending), _NOT_CONNECTABLE[conn.status])
         if now > pending.expires_at:
             return await self._fail(conn, pending, "the authorization expired: start again")
         if error:
@@ -219,11 +223,13 @@ class ConnectService:
             fresh = await self.store.find_by_id(conn.id)
             if fresh is None or not can_transition(fresh.status, ConnectionStatus.ACTIVE):
                 status = fresh.status if fresh else ConnectionStatus.DISCONNECTED
-                return CallbackResult(fresh or conn, pending.return_to, _NOT_CONNECTABLE[status])
+                return CallbackResult(
+                    fresh or conn, self._return_to(pending), _NOT_CONNECTABLE[status]
+                )
             fresh.mark_connected(sealed, now=now)
             await self.store.save(fresh)
             conn = fresh
-        return CallbackResult(conn, pending.return_to)
+        return CallbackResult(conn, self._return_to(pending))
 
     async def reconnect_with_credentials(
         self, connection_id: UUID, credentials: CredentialPayload
@@ -295,6 +301,8 @@ class ConnectService:
         scopes: Sequence[str] | None,
         return_to: str | None,
     ) -> AuthorizationStart:
+        if self.return_origins is not None:
+            self.return_origins.check(return_to)
         state, verifier = generate_state(), generate_code_verifier()
         url = build_authorize_url(
             provider,
@@ -319,6 +327,14 @@ class ConnectService:
             await repo.put_state(pending)
         return AuthorizationStart(conn, url)
 
+    def _return_to(self, pending: PendingAuthorization) -> str | None:
+        # Checked again on the way back: an origin dropped from the list since the start
+        # no longer receives the user.
+        url = pending.return_to
+        if url is None or self.return_origins is None or self.return_origins.allows(url):
+            return url
+        return None
+
     async def _fail(
         self, conn: ProviderConnection, pending: PendingAuthorization, reason: str
     ) -> CallbackResult:
@@ -326,4 +342,4 @@ class ConnectService:
         if conn.status is ConnectionStatus.PENDING:
             conn.mark_failed(reason, now=self.clock())
             await self.store.save(conn)
-        return CallbackResult(conn, pending.return_to, reason)
+        return CallbackResult(conn, self._return_to(pending), reason)

@@ -35,7 +35,11 @@ class InvalidConnectionError(DomainError, ValueError):
 
 
 class InvalidArgumentError(LinkvaultError, ValueError):
-    """An argument outside what the operation accepts."""
+    """An argument outside what the operation accepts; `field` names it when one does."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidStateError(InvalidArgumentError):

@@ -19,7 +19,7 @@ class AdaptiveLimit:
     def __init__(
         self,
         *,
-        initial: int = 4,
+        initial: int = 1,
         maximum: int = 16,
         minimum: int = 1,
         tolerance: float = 2.0,
@@ -53,9 +53,10 @@ class AdaptiveLimit:
         now = time.monotonic() if now is None else now
         if ok:
             # The floor follows the best latency seen, and drifts up slowly so that a provider
-            # whose normal latency rose for good is not throttled forever.
+            # whose normal latency rose for good is not throttled forever. Starting from one
+            # request in flight, the first answers measure the provider before any queue forms.
             floor = latency if self.floor is None else min(latency, self.floor)
-            self.floor = floor + (latency - floor) * 0.01
+            self.floor = floor + (latency - floor) * 0.002
         # Change at most once per round trip, so one burst counts once.
         if now - self._changed_at < max(latency, 0.001):
             return

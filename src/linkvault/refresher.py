@@ -560,7 +560,7 @@ class RefreshWorker:
         limit = self._limits.get(slug)
         if limit is None:
             c = self.policy.concurrency
-            limit = self._limits[slug] = AdaptiveLimit(initial=min(4, c), maximum=c)
+            limit = self._limits[slug] = AdaptiveLimit(initial=1, maximum=c)
         return limit
 
     async def _open_circuits(self) -> set[str]:

@@ -13,6 +13,7 @@ from linkvault.connect import ConnectService
 from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
 from linkvault.domain import Clock, utc_now
 from linkvault.oauth import HttpxTokenClient
+from linkvault.origins import ReturnOrigins
 from linkvault.providers import ClientCredentials, ProviderRegistry, load_registry
 from linkvault.refresher import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings
@@ -100,7 +101,14 @@ class Runtime:
             connect_timeout=settings.refresh_connect_timeout_seconds,
             clock=clock,
         )
-        connect = ConnectService(store, registry, tokens, cipher, clock=clock)
+        connect = ConnectService(
+            store,
+            registry,
+            tokens,
+            cipher,
+            clock=clock,
+            return_origins=ReturnOrigins(settings.return_origins),
+        )
         worker = RefreshWorker(store, registry, tokens, cipher, policy=policy, clock=clock)
         return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
 

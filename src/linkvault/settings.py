@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from linkvault.errors import ConfigurationError
+from linkvault.origins import parse_origin
 from linkvault.stores import DEFAULT_URL
 
 
@@ -34,6 +36,13 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="base URL the OAuth2 callback is reached at"
     )
+    return_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="origins return_to may point at, comma separated (https://app.example)",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="largest request body"
+    )
     log_level: str = "INFO"
     refresh_horizon_minutes: int = Field(default=10, ge=1, le=24 * 60)
     refresh_concurrency: int = Field(default=16, ge=1, le=1000)
@@ -51,6 +60,12 @@ class Settings(BaseSettings):
     refresh_connect_timeout_seconds: float = Field(
         default=3.0, gt=0, le=60, description="how long a token request waits to connect"
     )
+
+    @field_validator("return_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        return tuple(dict.fromkeys(parse_origin(str(o)) for o in items if str(o).strip()))
 
     @property
     def base_url(self) -> str:

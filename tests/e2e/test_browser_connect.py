@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from uuid import uuid4
 
 import httpx
-import pytest
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
@@ -16,35 +13,9 @@ from linkvault.sandbox import sandbox_in_thread
 from linkvault.serving import bind_loopback, socket_url
 from linkvault.settings import Settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-@pytest.fixture
-def chromium() -> str:
-    if not (Path(CHROMIUM).exists() and shutil.which(CHROMIUM)):
-        reason = f"{CHROMIUM} is missing: apt-get install chromium (listed in .ci/apt-packages)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return CHROMIUM
-
 
 def test_a_person_connects_the_sandbox_in_a_real_browser_and_the_api_shows_it_active(
-    chromium: str, tmp_path: Path
+    chromium: str, chromium_args: list[str], tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -74,7 +45,7 @@ def test_a_person_connects_the_sandbox_in_a_real_browser_and_the_api_shows_it_ac
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
-                executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+                executable_path=chromium, headless=True, args=chromium_args
             )
             try:
                 page = browser.new_page()

@@ -80,6 +80,7 @@ def make_settings(database_url: str, providers_file: Path, key: str | None = Non
         keys=SecretStr(key or generate_key("k1")),
         providers_file=providers_file,
         public_url=BASE,
+        return_origins=("https://app.example",),
     )
 
 
@@ -504,7 +505,7 @@ async def test_listing_filters_by_user_provider_status_and_expiry(
 # --- changes: rename, refresh, disconnect, delete -----------------------------------
 
 
-async def test_rename_with_a_stale_version_or_if_match_is_a_409_and_changes_nothing(
+async def test_rename_with_a_stale_if_match_is_a_412_a_stale_version_a_409_and_changes_nothing(
     api: Api,
 ) -> None:
     conn = await api.connect_key(uuid4(), alias="first")
@@ -526,13 +527,14 @@ async def test_rename_with_a_stale_version_or_if_match_is_a_409_and_changes_noth
         json={"alias": "third"},
         headers={"If-Match": etag},
     )
-    assert assert_problem(stale_header, 409)["type"] == "urn:linkvault:problem:stale-connection"
+    assert assert_problem(stale_header, 412)["type"] == "urn:linkvault:problem:precondition-failed"
     stale_body = await api.call(
         "PATCH",
         f"/v1/connections/{conn['id']}",
         json={"alias": "third", "version": conn["version"]},
     )
-    assert_problem(stale_body, 409)
+    assert assert_problem(stale_body, 409)["type"] == "urn:linkvault:problem:stale-connection"
+    assert (await api.get(conn["id"]))["alias"] == "second"
     cleared = await api.call("PATCH", f"/v1/connections/{conn['id']}", json={"alias": None})
     assert cleared.json()["alias"] is None
     assert (await api.get(conn["id"]))["alias"] is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from uuid import uuid4
@@ -9,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import create_app
+from linkvault.api import api_in_thread, create_app
 from linkvault.crypto import generate_key
 from linkvault.runtime import Runtime
 from linkvault.settings import Settings
@@ -18,30 +19,25 @@ from tests.pg_cluster import (
     private_postgres_fixture,
     running_private_postgres_fixture,
 )
+from tests.support import API_KEY_PROVIDER_TOML, FakeClock
 
 __all__ = ["private_postgres_fixture", "running_private_postgres_fixture"]
 
-PROVIDERS = """
-[[providers]]
-slug = "acme-keys"
-id = "0b7b3a5e-53c4-4c0e-9a34-7f1a2f5e9d11"
-display_name = "Acme (API key)"
-auth_style = "api_key"
-"""
+
+@pytest.fixture
+async def outage_settings(running_private_postgres: PrivateCluster, tmp_path: Path) -> Settings:
+    url = await running_private_postgres.create_database()
+    providers = tmp_path / "providers.toml"
+    providers.write_text(API_KEY_PROVIDER_TOML)
+    return Settings(database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers)
 
 
 @pytest.fixture
 async def outage_client(
-    running_private_postgres: PrivateCluster, tmp_path: Path
+    running_private_postgres: PrivateCluster, outage_settings: Settings
 ) -> AsyncIterator[tuple[httpx.AsyncClient, PrivateCluster]]:
-    url = await running_private_postgres.create_database()
-    providers = tmp_path / "providers.toml"
-    providers.write_text(PROVIDERS)
-    settings = Settings(
-        database_url=url, keys=SecretStr(generate_key("k1")), providers_file=providers
-    )
     key, entry = generate_api_key("admin", set(Scope))
-    async with await Runtime.open(settings, env={}) as runtime:
+    async with await Runtime.open(outage_settings, env={}) as runtime:
         app = create_app(runtime, ApiKeySet([entry]))
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {key}"}
@@ -86,3 +82,38 @@ async def test_the_api_answers_503_while_postgres_is_down_and_recovers_without_a
     assert got.json()["status"] == "active"
     listing = await http.get("/v1/connections")
     assert [c["id"] for c in listing.json()["items"]] == [conn_id]
+
+
+async def test_an_outage_is_logged_once_then_summarized_then_its_recovery_once(
+    running_private_postgres: PrivateCluster,
+    outage_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key, entry = generate_api_key("admin", set(Scope))
+    clock = FakeClock()
+    caplog.set_level(logging.INFO, logger="linkvault.api")
+    with api_in_thread(outage_settings, ApiKeySet([entry]), env={}, clock=clock) as api:
+        async with httpx.AsyncClient(
+            base_url=api.url, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            assert (await http.get("/v1/health")).status_code == 200
+            await running_private_postgres.astop()
+            for _ in range(40):
+                assert (await http.get("/v1/connections")).status_code == 503
+            clock.advance(seconds=61)
+            for _ in range(5):
+                assert (await http.get(f"/v1/connections/{uuid4()}")).status_code == 503
+            await running_private_postgres.astart()
+            assert (await http.get("/v1/health")).status_code == 200
+            assert (await http.get("/v1/connections")).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "linkvault.api"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("the database is unavailable: ")
+    assert lines[1].startswith("the database is still unavailable after 61s: 40 failures since")
+    assert "41 in all" in lines[1]
+    assert lines[2].startswith("the database is available again after 61s; 45 failures")
+    assert [r.levelname for r in caplog.records if r.name == "linkvault.api"] == [
+        "WARNING",
+        "WARNING",
+        "INFO",
+    ]
