@@ -130,7 +130,7 @@ async def test_a_killed_workers_leases_lapse_and_other_processes_refresh_them_on
         )
 
         async def claimed_and_in_flight() -> bool:
-            return hole.accepted >= 4 and len(await lease_rows(postgres_url)) >= 16
+            return hole.accepted >= 1 and len(await lease_rows(postgres_url)) >= 16
 
         await eventually("the victim to claim and send its requests", claimed_and_in_flight, 30)
         leases = {r["id"]: r for r in await lease_rows(postgres_url)}
@@ -208,9 +208,9 @@ async def test_sigterm_finishes_in_flight_refreshes_and_leaves_no_lease_behind(
     assert summary is not None
     sent = summary[0]
     assert sent == issued_by_terminated >= 4
-    # Only live work was leased: at most `concurrency` claims, and what had not been sent
-    # when the signal came was handed back.
-    assert sent + terminated.released() <= concurrency
+    # Only live work was leased: what had not been sent when the signal came (at most the
+    # worker's slots) was handed back.
+    assert terminated.released() <= concurrency
     assert leased_after_exit == []
     assert successor_code == 0
     after = successor.summary()

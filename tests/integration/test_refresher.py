@@ -379,10 +379,13 @@ async def test_stop_lets_in_flight_refreshes_finish_and_leaves_nothing_leased(
     stop.set()
     await asyncio.wait_for(running, timeout=5)
 
-    # Only live work is leased: a worker with two slots claimed two connections.
-    assert worker.metrics.claimed == 2
-    assert worker.metrics.refreshed == 2
-    assert bench.refreshes_issued() == 2
+    # Only live work is leased: every claim was either refreshed, or handed back unstarted when
+    # the stop came; none was held beyond the worker's two slots.
+    m = worker.metrics
+    sent = bench.refreshes_issued()
+    assert m.refreshed == sent >= 2
+    assert m.claimed == m.refreshed + m.outcomes[Outcome.RELEASED]
+    assert m.claimed - sent <= 2
     refreshed, untouched = set(), set()
     for cid, subject in conns.items():
         stored = (await bench.tokens_of(cid)).refresh_token
@@ -393,7 +396,7 @@ async def test_stop_lets_in_flight_refreshes_finish_and_leaves_nothing_leased(
         else:
             assert (grant["refreshes"], stored) == (0, seeded[cid])
             untouched.add(cid)
-    assert len(refreshed) == 2
+    assert len(refreshed) == sent
     assert await bench.claimable() == untouched
 
 
