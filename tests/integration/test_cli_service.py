@@ -54,7 +54,7 @@ def test_providers_list_shows_the_built_in_providers_and_whether_a_client_is_set
     assert result.returncode == 0, result.stderr
     rows = {r["slug"]: r for r in json.loads(result.stdout)}
     assert {"schwab", "sandbox"} <= set(rows)
-    assert rows["schwab"]["client_configured"] is True
+    assert rows["schwab"]["configured"] is True
     assert rows["schwab"]["display_name"] == "Charles Schwab"
     assert "do-not-print-me" not in result.stdout + result.stderr
 
