@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,3 +72,33 @@ def wait_for_http(url: str, timeout: float = 30) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@dataclass
+class Background:
+    """A `linkvault` command running in the background; `stop` ends it and collects output."""
+
+    process: subprocess.Popen[str]
+    stdout: str = ""
+    stderr: str = ""
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=30)
+        self.stdout += out
+        self.stderr += err
+        return self.process.returncode
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Background:
+    """Start `linkvault *args` in `cwd` in the background, with no LINKVAULT_* but `env`."""
+    process = subprocess.Popen(
+        [LINKVAULT, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(**(env or {})),
+    )
+    return Background(process)
