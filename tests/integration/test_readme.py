@@ -199,7 +199,7 @@ def test_make_serve_installs_only_runtime_dependencies_and_make_test_the_dev_ext
 ) -> None:
     def recipe(target: str) -> str:
         dry = subprocess.run(
-            ["make", "-n", target, f"VENV={tmp_path / 'fresh'}"],
+            ["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'fresh'}"],
             cwd=REPO,
             capture_output=True,
             text=True,
