@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 
 from linkvault.crypto import generate_key
 from tests.conftest import PostgresServer
+from tests.support import free_port
 
 
 def cli(
@@ -28,13 +28,6 @@ def cli(
         env=full,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_providers_list_shows_the_built_in_providers_and_whether_a_client_is_set(
