@@ -5,15 +5,20 @@ BIN := $(VENV)/bin
 
 .PHONY: install serve test lint typecheck bench clean
 
-$(BIN)/.installed: pyproject.toml
+# Serving needs the runtime dependencies only; the test toolchain is a second step on top.
+$(BIN)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.runtime
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.dev
 
-serve: install
+serve: $(BIN)/.runtime
 	$(BIN)/linkvault serve
 
 lint: install

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 
 @dataclass
@@ -35,3 +44,83 @@ def problem_of(response: Any, status: int) -> dict[str, Any]:
     assert body["status"] == status
     assert {"type", "title", "detail", "instance"} <= body.keys()
     return body
+
+
+LINKVAULT = str(Path(sys.executable).with_name("linkvault"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without LINKVAULT_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKVAULT_")}
+    env["COLUMNS"] = "80"
+    return {**env, **extra}
+
+
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `linkvault` command in `cwd`, with no LINKVAULT_* setting but `env`."""
+    return subprocess.run(
+        [LINKVAULT, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(**(env or {})),
+        input=stdin,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout: float = 30) -> int:
+    """The status of the first answer from `url`, retrying until something listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=1).status_code
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@dataclass
+class Background:
+    """A `linkvault` command running in the background; `stop` ends it and collects output."""
+
+    process: subprocess.Popen[str]
+    stdout: str = ""
+    stderr: str = ""
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=30)
+        self.stdout += out
+        self.stderr += err
+        return self.process.returncode
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Background:
+    """Start `linkvault *args` in `cwd` in the background, with no LINKVAULT_* but `env`."""
+    process = subprocess.Popen(
+        [LINKVAULT, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(**(env or {})),
+    )
+    return Background(process)

@@ -28,6 +28,7 @@ __all__ = [
     "ApiKeySet",
     "Scope",
     "access_from_settings",
+    "admin_key_file",
     "generate_api_key",
     "hash_api_key",
     "load_api_key_file",
@@ -220,15 +221,27 @@ def load_or_create_api_key_file(
     except OSError as exc:
         raise ConfigurationError(f"cannot create API key file {path}: {exc.strerror}") from None
     if not created:
-        # Another process created it first: its key is the one shown.
+        # Another process created it first: its key is the one handed out.
         return load_api_key_file(path)
+    # The plaintext goes to a file of its own, never to stderr, where logs are captured.
+    plaintext_file = admin_key_file(path)
+    try:
+        write_private_file(plaintext_file, f"{plaintext}\n".encode("ascii"), replace=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create admin key file {plaintext_file}: {exc.strerror}"
+        ) from None
     announce(
         f"linkvault: created API key file {path.resolve()} with one key, 'admin' "
-        f"(scopes: read, write, credentials).\n"
-        f"linkvault: the key is {plaintext}\n"
-        "linkvault: it is shown this once and stored only as a hash: keep it now."
+        f"(scopes: read, write, credentials); the key itself is in {plaintext_file.resolve()} "
+        "(mode 0600): take it from there, then delete that file"
     )
     return load_api_key_file(path)
+
+
+def admin_key_file(api_key_file: Path) -> Path:
+    """Where the first start leaves the admin key's plaintext: beside the API key file."""
+    return api_key_file.with_name("linkvault.admin-key")
 
 
 def access_from_settings(

@@ -1655,7 +1655,7 @@ def create_app(
                     auth_style=p.auth_style,
                     scopes=list(p.scopes),
                     refreshes=p.refreshes,
-                    configured=p.client is not None or p.auth_style is not AuthStyle.OAUTH2,
+                    configured=p.configured,
                 )
                 for p in runtime.registry
             ]

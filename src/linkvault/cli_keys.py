@@ -9,7 +9,6 @@ its own line on stderr and exits 1.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +25,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from linkvault.cli_common import (
+    CliError,
+    DatabaseOption,
+    JsonOption,
+    err,
+    existing_database,
+    group,
+    markup_safe,
+    out,
+    print_json,
+    say,
+    warn,
+)
 from linkvault.crypto import (
     DEFAULT_KEY_FILE,
     AesGcmCipher,
@@ -36,24 +47,12 @@ from linkvault.crypto import (
     remove_key_from_file,
 )
 from linkvault.rotation import RotationReport, count_outside_ring, key_usage, retire, rotate
-from linkvault.settings import Settings, load_settings
+from linkvault.settings import Settings, load_settings, source_of
 from linkvault.stores import ConnectionStore, open_store
 
 T = TypeVar("T")
 
-keys_app = typer.Typer(
-    help="Manage encryption keys: generate, list, rotate to the active key, retire.",
-    no_args_is_help=True,
-)
-
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
-
-DatabaseOption = Annotated[
-    str | None,
-    typer.Option("--database-url", "-d", help="Database URL (default: LINKVAULT_DATABASE_URL)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+keys_app = group("Manage encryption keys: generate, list, rotate to the active key, retire.")
 
 
 @dataclass(frozen=True)
@@ -71,24 +70,30 @@ class KeySource:
 
 
 def load_keys(database_url: str | None) -> KeySource:
-    """The key ring as runtime.py builds it, for the database the command works on."""
+    """The key ring as runtime.py builds it, for a database and a key file that both exist."""
     settings = load_settings()
     url = database_url or settings.database_url
-    embedded = settings.model_copy(update={"database_url": url}).is_embedded
+    source = "--database-url" if database_url else source_of(settings, "database_url")
+    existing_database(url, source)
     keys = settings.keys.get_secret_value() if settings.keys else None
+    key_file = None if keys else (settings.key_file or DEFAULT_KEY_FILE)
+    if key_file is not None and not key_file.exists():
+        raise CliError(
+            f"no key file at {key_file.resolve()} (from {source_of(settings, 'key_file')}) "
+            "and LINKVAULT_KEYS is not set: point LINKVAULT_KEY_FILE at the key file "
+            "`linkvault serve` created"
+        )
+    embedded = settings.model_copy(update={"database_url": url}).is_embedded
     ring = keyring_from_settings(
         keys, settings.key_file, embedded=embedded, active=settings.active_key_id
     )
-    key_file = None if keys else (settings.key_file or DEFAULT_KEY_FILE)
     return KeySource(ring, settings, url, key_file)
 
 
 async def _with_store(url: str, work: Callable[[ConnectionStore], Awaitable[T]]) -> T:
-    embedded = url.startswith("sqlite:")
-    store = await open_store(url, migrate=embedded)
+    store = await open_store(url, migrate=False)
     try:
-        if not embedded:
-            await store.check_schema()
+        await store.check_schema()
         return await work(store)
     finally:
         await store.close()
@@ -99,7 +104,7 @@ def _run(url: str, work: Callable[[ConnectionStore], Awaitable[T]]) -> T:
 
 
 def _incomplete(message: str) -> None:
-    _err.print(f"linkvault: error: {message}", markup=False)
+    warn(f"linkvault: error: {message}")
     raise typer.Exit(1)
 
 
@@ -113,10 +118,9 @@ def keys_generate(
     entry = generate_key(key_id)
     sys.stdout.write(entry + "\n")
     sys.stdout.flush()
-    _err.print(
+    warn(
         "Put this line first in your key file (the first key is active) or first in "
         "LINKVAULT_KEYS, restart linkvault, then run `linkvault keys rotate`.",
-        markup=False,
     )
 
 
@@ -134,11 +138,9 @@ def keys_create_api_key(
     plaintext, entry = generate_api_key(name, chosen)
     sys.stdout.write(plaintext + "\n")
     sys.stdout.flush()
-    _err.print(
+    warn(
         f"Give the key above to the client; it is shown only now. Add this entry to "
         f"LINKVAULT_API_KEYS (comma separated) or to LINKVAULT_API_KEY_FILE: {entry.spec}",
-        markup=False,
-        soft_wrap=True,
     )
 
 
@@ -162,19 +164,22 @@ def keys_list(database_url: DatabaseOption = None, as_json: JsonOption = False) 
             ],
             "connections_under_unknown_keys": outside,
         }
-        _out.print_json(json.dumps(document))
+        print_json(document)
     else:
-        table = Table("key id", "active", "connections", title=f"Keys from {source.describe}")
+        table = Table(
+            "key id", "active", "connections", title=markup_safe(f"Keys from {source.describe}")
+        )
         for key_id, count in usage.items():
-            table.add_row(key_id, "yes" if key_id == ring.active_id else "", f"{count:,}")
+            table.add_row(
+                markup_safe(key_id), "yes" if key_id == ring.active_id else "", f"{count:,}"
+            )
         if outside:
             table.add_row("(not in the ring)", "", f"{outside:,}")
-        _out.print(table)
+        out.print(table)
     if outside:
-        _err.print(
+        warn(
             f"warning: {outside} connection(s) are sealed under keys the ring does not hold; "
             "they cannot be decrypted until those keys are added back",
-            markup=False,
         )
 
 
@@ -197,7 +202,7 @@ def keys_rotate(
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=_err) as progress:
+        with Progress(*columns, console=err) as progress:
             task = progress.add_task("rotate", total=None)
 
             def on_progress(done: int, total: int) -> None:
@@ -243,17 +248,16 @@ def _print_report(report: RotationReport, as_json: bool) -> None:
             "connections_under_unknown_keys": report.outside_ring,
             "complete": report.complete,
         }
-        _out.print_json(json.dumps(document))
+        print_json(document)
         return
-    _out.print(
+    say(
         f"Re-encrypted {report.rotated:,} connection(s) under key {report.active_key!r} "
         f"({report.retried:,} retried after concurrent writes, {report.skipped:,} changed "
         "meanwhile and needed nothing).",
-        markup=False,
     )
     for key_id, count in report.remaining.items():
         hint = f" (retire it with `linkvault keys retire {key_id}`)" if count == 0 else ""
-        _out.print(f"Key {key_id!r}: {count:,} connection(s) left{hint}.", markup=False)
+        say(f"Key {key_id!r}: {count:,} connection(s) left{hint}.")
 
 
 @keys_app.command("retire")
@@ -269,11 +273,10 @@ def keys_retire(
 
     _run(source.database_url, work)
     if source.key_file is None:
-        _out.print(
+        say(
             f"No connection uses key {key_id!r} any more: remove the entry that starts with "
             f"`{key_id}:` from LINKVAULT_KEYS and restart linkvault.",
-            markup=False,
         )
         return
     remove_key_from_file(source.key_file, key_id, active=source.settings.active_key_id)
-    _out.print(f"Removed key {key_id!r} from key file {source.key_file}.", markup=False)
+    say(f"Removed key {key_id!r} from key file {source.key_file}.")

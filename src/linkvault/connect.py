@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
@@ -86,6 +86,47 @@ class CallbackResult:
     @property
     def succeeded(self) -> bool:
         return self.error is None
+
+
+# RFC 6749 4.1.2.1: the only error text of a callback that is stored. Anything else came
+# from whoever holds the state, and may be markup, escape sequences or a lie.
+_CALLBACK_ERRORS = {
+    "access_denied": "access was denied at the provider",
+    "invalid_request": "the provider found the authorization request invalid",
+    "unauthorized_client": "the provider does not allow this client to connect",
+    "unsupported_response_type": "the provider does not support this authorization flow",
+    "invalid_scope": "the provider refused the requested scopes",
+    "server_error": "the provider failed while asking for consent",
+    "temporarily_unavailable": "the provider was temporarily unavailable",
+}
+
+
+def callback_error_reason(error: str) -> str:
+    """The stored reason for a callback's `error`: a known code's meaning, never its text."""
+    return _CALLBACK_ERRORS.get(error, "the provider answered with an unknown error")
+
+
+def connection_with_credentials(
+    provider: Provider,
+    *,
+    user_id: UUID,
+    credentials: CredentialPayload,
+    cipher: Cipher,
+    alias: str | None = None,
+    now: datetime | None = None,
+) -> ProviderConnection:
+    """A new ACTIVE connection holding `credentials`, sealed to it; save it to keep it."""
+    at = now or utc_now()
+    conn = ProviderConnection(
+        user_id=user_id,
+        provider_id=provider.id,
+        provider_slug=provider.slug,
+        alias=alias,
+        created_at=at,
+        updated_at=at,
+    )
+    conn.mark_connected(seal_credentials(credentials, connection_id=conn.id, cipher=cipher), now=at)
+    return conn
 
 
 def hash_state(state: str) -> bytes:
@@ -185,8 +226,8 @@ class ConnectService:
         if now > pending.expires_at:
             return await self._fail(conn, pending, "the authorization expired: start again")
         if error:
-            text = "access was denied at the provider" if error == "access_denied" else error
-            return await self._fail(conn, pending, f"{text}: start again to retry")
+            reason = f"{callback_error_reason(error)}: start again to retry"
+            return await self._fail(conn, pending, reason)
         if not code:
             return await self._fail(conn, pending, "the provider sent no authorization code")
         try:
@@ -268,17 +309,13 @@ class ConnectService:
             credentials, ApiKeyCredentials
         ):
             raise InvalidArgumentError(f"provider {provider.slug!r} needs an API key")
-        now = self.clock()
-        conn = ProviderConnection(
+        conn = connection_with_credentials(
+            provider,
             user_id=user_id,
-            provider_id=provider.id,
-            provider_slug=provider.slug,
+            credentials=credentials,
+            cipher=self.cipher,
             alias=alias,
-            created_at=now,
-            updated_at=now,
-        )
-        conn.mark_connected(
-            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher), now=now
+            now=self.clock(),
         )
         await self.store.save(conn)
         return conn

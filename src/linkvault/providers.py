@@ -162,6 +162,11 @@ class Provider:
         return None if self.revoke_endpoint is None else self._resolve(self.revoke_endpoint)
 
     @property
+    def configured(self) -> bool:
+        """Whether connections can be made: an OAuth2 provider needs its client credentials."""
+        return self.client is not None or self.auth_style is not AuthStyle.OAUTH2
+
+    @property
     def env_prefix(self) -> str:
         """The prefix of this provider's environment variables."""
         return env_prefix(self.slug)

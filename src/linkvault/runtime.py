@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,7 +15,7 @@ from linkvault.oauth import HttpxTokenClient
 from linkvault.origins import ReturnOrigins
 from linkvault.providers import ClientCredentials, ProviderRegistry, load_registry
 from linkvault.refresher import RefreshPolicy, RefreshWorker
-from linkvault.settings import Settings
+from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
 
 
@@ -50,6 +49,11 @@ def with_sandbox_client(registry: ProviderRegistry) -> ProviderRegistry:
     return registry.replace(provider.with_client(demo))
 
 
+def provider_registry(settings: Settings, env: Mapping[str, str]) -> ProviderRegistry:
+    """The providers a process serves: built in, the providers file, clients from `env`."""
+    return with_sandbox_client(load_registry(settings.providers_file, env=env))
+
+
 @dataclass
 class Runtime:
     """The store, keys, providers, token client and services of one process."""
@@ -75,7 +79,7 @@ class Runtime:
         clock: Clock = utc_now,
     ) -> Self:
         """Open the store and build the services; embedded SQLite migrates itself by default."""
-        environ = os.environ if env is None else env
+        environ = environment() if env is None else env
         policy = refresh_policy(settings)
         policy.check()  # a lease that could lapse under a live request is refused at start
         embedded = settings.is_embedded
@@ -85,7 +89,7 @@ class Runtime:
             embedded=embedded,
             active=settings.active_key_id,
         )
-        registry = with_sandbox_client(load_registry(settings.providers_file, env=environ))
+        registry = provider_registry(settings, environ)
         cipher = AesGcmCipher(keyring)
         store = await open_store(
             settings.database_url, clock=clock, migrate=embedded if migrate is None else migrate

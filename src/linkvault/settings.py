@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -12,12 +15,15 @@ from linkvault.errors import ConfigurationError
 from linkvault.origins import parse_origin
 from linkvault.stores import DEFAULT_URL
 
+ENV_PREFIX = "LINKVAULT_"
+ENV_FILE = ".env"
+
 
 class Settings(BaseSettings):
     """Everything linkvault reads from its environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LINKVAULT_", env_file=".env", extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX, env_file=ENV_FILE, extra="ignore", frozen=True
     )
 
     database_url: str = DEFAULT_URL
@@ -88,3 +94,27 @@ def load_settings() -> Settings:
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def source_of(settings: Settings, name: str) -> str:
+    """Where a setting came from, for messages: its variable, or the default."""
+    variable = f"{ENV_PREFIX}{name.upper()}"
+    return variable if name in settings.model_fields_set else f"the default; {variable} is unset"
+
+
+def environment(
+    env_file: str | Path = ENV_FILE, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The LINKVAULT_* variables of the .env file, overridden by those of the process.
+
+    Provider variables (LINKVAULT_PROVIDER_<SLUG>_*) are named at run time, so they are read
+    from here rather than declared as settings.
+    """
+    merged = {
+        name: value
+        for name, value in dotenv_values(env_file).items()
+        if name.startswith(ENV_PREFIX) and value is not None
+    }
+    source = os.environ if environ is None else environ
+    merged.update((n, v) for n, v in source.items() if n.startswith(ENV_PREFIX))
+    return merged

@@ -68,7 +68,7 @@ def test_a_malformed_entry_is_a_configuration_error_naming_the_problem(
         parse_api_keys(text)
 
 
-def test_an_embedded_deployment_creates_a_private_key_file_and_shows_the_key_once(
+def test_an_embedded_deployment_creates_a_private_key_file_and_hands_the_key_over_once(
     tmp_path: Path,
 ) -> None:
     shown: list[str] = []
@@ -77,7 +77,12 @@ def test_an_embedded_deployment_creates_a_private_key_file_and_shows_the_key_onc
     keys = access_from_settings(settings, announce=shown.append)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(shown) == 1
-    plaintext = next(w for w in shown[0].split() if w.startswith(KEY_PREFIX))
+    handed_over = tmp_path / "conf" / "linkvault.admin-key"
+    assert str(handed_over) in shown[0]
+    assert stat.S_IMODE(handed_over.stat().st_mode) == 0o600
+    plaintext = handed_over.read_text().strip()
+    assert plaintext.startswith(KEY_PREFIX)
+    assert KEY_PREFIX not in shown[0]
     assert plaintext not in path.read_text()
     admin = keys.authenticate(plaintext)
     assert admin is not None

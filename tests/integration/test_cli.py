@@ -83,7 +83,11 @@ async def test_list_show_disconnect_and_delete_a_connection(tmp_path: Path) -> N
         (["no-such-command"], 2, "No such command"),
         (["connections", "list", "-d", "mysql://u:hunter2@h/db"], 1, "unsupported database URL"),
         (["migrate", "-d", "postgresql://postgres@127.0.0.1:1/x"], 1, "unreachable"),
-        (["connections", "list", "-d", "sqlite:////nonexistent-dir/x/lv.db"], 1, "unreachable"),
+        (
+            ["connections", "list", "-d", "sqlite:////nonexistent-dir/x/lv.db"],
+            1,
+            "no database at /nonexistent-dir/x/lv.db",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_a_non_zero_exit(

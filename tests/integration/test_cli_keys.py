@@ -225,6 +225,8 @@ def test_bad_input_gives_one_line_a_non_zero_exit_and_no_key_material(
     key_file.chmod(mode)
     url = f"sqlite:///{tmp_path}/lv.db"
     extra = [] if args[0] == "generate" else ["-d", url]
+    migrate = [sys.executable, "-m", "linkvault.cli", "migrate", "-d", url]
+    subprocess.run(migrate, check=True, capture_output=True, timeout=60)
 
     result = cli(*args, *extra, cwd=tmp_path, LINKVAULT_KEY_FILE=str(key_file))
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 
 from linkvault.crypto import generate_key
 from tests.conftest import PostgresServer
+from tests.support import free_port
 
 
 def cli(
@@ -28,13 +28,6 @@ def cli(
         env=full,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_providers_list_shows_the_built_in_providers_and_whether_a_client_is_set(
@@ -54,7 +47,7 @@ def test_providers_list_shows_the_built_in_providers_and_whether_a_client_is_set
     assert result.returncode == 0, result.stderr
     rows = {r["slug"]: r for r in json.loads(result.stdout)}
     assert {"schwab", "sandbox"} <= set(rows)
-    assert rows["schwab"]["client_configured"] is True
+    assert rows["schwab"]["configured"] is True
     assert rows["schwab"]["display_name"] == "Charles Schwab"
     assert "do-not-print-me" not in result.stdout + result.stderr
 

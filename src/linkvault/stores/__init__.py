@@ -157,9 +157,14 @@ def redact_url(url: str) -> str:
 
 
 async def open_store(
-    url: str = DEFAULT_URL, *, clock: Clock = utc_now, migrate: bool = False
+    url: str = DEFAULT_URL, *, clock: Clock = utc_now, migrate: bool | None = None
 ) -> ConnectionStore:
-    """Open the store a URL names: sqlite:///path, postgresql://…, or memory://."""
+    """Open the store a URL names: sqlite:///path, postgresql://…, or memory://.
+
+    By default a SQLite file is created (mode 0600) and migrated on open, and a PostgreSQL
+    schema that is behind is refused with the command to run; `migrate=True` migrates any
+    store, `migrate=False` opens it as it is.
+    """
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     store: ConnectionStore
     if scheme == "sqlite":
@@ -179,10 +184,12 @@ async def open_store(
             f"unsupported database URL {redact_url(url)!r}: "
             "use sqlite:///path, postgresql://user@host/db or memory://"
         )
-    if migrate:
-        try:
+    try:
+        if migrate or (migrate is None and scheme == "sqlite"):
             await store.migrate()
-        except BaseException:
-            await store.close()
-            raise
+        elif migrate is None:
+            await store.check_schema()
+    except BaseException:
+        await store.close()
+        raise
     return store

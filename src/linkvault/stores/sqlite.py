@@ -7,7 +7,9 @@ WAL lets readers run beside the single writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -229,7 +231,8 @@ class SqliteConnectionRepository:
 
     @classmethod
     async def open(cls, path: str | Path, *, pool_size: int = 4, clock: Clock = utc_now) -> Self:
-        """Open (creating if needed) the database file; raises DatabaseUnavailableError."""
+        """Open the database file, created mode 0600 if absent; raises DatabaseUnavailableError."""
+        _create_private(str(path))
         repo = cls(path, pool_size=pool_size, clock=clock)
         try:
             await repo._call(f"opening the SQLite database {path}", _probe)
@@ -704,6 +707,16 @@ class SqliteConnectionRepository:
                 f"the database schema is at version {current}, this linkvault needs {needed}: "
                 "run `linkvault migrate`"
             )
+
+
+def _create_private(path: str) -> None:
+    # sqlite3 would create the file with the umask's mode (0644): credentials stay owner-only.
+    # The WAL and shared-memory files SQLite adds later take the database file's mode.
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    # It exists already, or sqlite3 reports (translated) why it cannot be opened.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _probe(db: sqlite3.Connection) -> None:
