@@ -29,6 +29,7 @@ class AdaptiveLimit:
         self.maximum = max(minimum, maximum)
         self.limit = min(max(initial, minimum), self.maximum)
         self.in_flight = 0
+        self.waiting = 0
         self.tolerance = tolerance
         self.slack = slack
         self.floor: float | None = None
@@ -39,7 +40,11 @@ class AdaptiveLimit:
     async def slot(self) -> AsyncIterator[None]:
         """Wait for room under the limit, hold it for one request."""
         async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.limit)
+            self.waiting += 1
+            try:
+                await self._cond.wait_for(lambda: self.in_flight < self.limit)
+            finally:
+                self.waiting -= 1
             self.in_flight += 1
         try:
             yield
@@ -47,6 +52,11 @@ class AdaptiveLimit:
             async with self._cond:
                 self.in_flight -= 1
                 self._cond.notify_all()
+
+    @property
+    def full(self) -> bool:
+        """Whether a new request would have to wait."""
+        return self.in_flight >= self.limit
 
     def record(self, latency: float, *, ok: bool, now: float | None = None) -> None:
         """Adjust the limit after one answer (or failure) that took `latency` seconds."""
@@ -76,4 +86,6 @@ class AdaptiveLimit:
             self._changed_at = now
 
     def __repr__(self) -> str:
-        return f"AdaptiveLimit(limit={self.limit}, in_flight={self.in_flight})"
+        return (
+            f"AdaptiveLimit(limit={self.limit}, in_flight={self.in_flight}, waiting={self.waiting})"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -69,6 +70,7 @@ class Outcome(StrEnum):
     LEASE_LOST = "lease_lost"  # the lease was no longer this worker's: nothing was sent
     PAUSED = "paused"  # the provider's circuit is open: handed back, no attempt used
     RELEASED = "released"  # never started before the worker stopped: handed back as it was
+    DEFERRED = "deferred"  # its provider already had a full queue here: handed back as it was
     UNREFRESHABLE = "unrefreshable"  # no refresh token, or a provider that cannot refresh
     CLIENT_REJECTED = "client_rejected"  # the provider refused linkvault's client credentials
     DECRYPT_FAILED = "decrypt_failed"
@@ -276,10 +278,12 @@ class RefreshWorker:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.metrics = RefreshMetrics()
         self._limits: dict[str, AdaptiveLimit] = {}
+        self._queued: Counter[str] = Counter()  # claims held here per provider, sent or waiting
         self._paused: dict[str, datetime] = {}
         self._paused_read = -1e9
         self._failing: set[str] = set()  # providers whose circuit may need closing
         self._stopping = False
+        self._claiming = False  # `run` is claiming continuously
 
     # --- the loop ------------------------------------------------------------------
 
@@ -291,6 +295,7 @@ class RefreshWorker:
         live: set[asyncio.Task[Outcome | None]] = set()
         stopped = asyncio.create_task(stop.wait())
         gauges_at = 0.0
+        self._claiming = True
         try:
             while not stop.is_set():
                 free = p.concurrency - len(live)
@@ -310,6 +315,7 @@ class RefreshWorker:
                 timeout = None if claimed == free and free > 0 else p.idle_poll
                 await asyncio.wait({*live, stopped}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
+            self._claiming = False
             self._stopping = True
             stopped.cancel()
             if live:
@@ -324,10 +330,30 @@ class RefreshWorker:
             log.warning("refresh worker: database unavailable, retrying: %s", exc)
             return 0
         for claim in claims:
+            slug = claim.connection.provider_slug
+            self._queued[slug] += 1
             task = asyncio.create_task(self.refresh_one(claim))
             live.add(task)
             task.add_done_callback(live.discard)
+            task.add_done_callback(functools.partial(self._dequeue, slug))
         return len(claims)
+
+    def _dequeue(self, slug: str, _task: object) -> None:
+        self._queued[slug] -= 1
+        if self._queued[slug] <= 0:
+            del self._queued[slug]
+
+    def _saturated(self) -> set[str]:
+        """Providers that already have twice as many claims here as their limit lets run.
+
+        One limit's worth waiting keeps the pipe full; claiming more would only park leases
+        behind a slow provider while the worker's slots could serve the others.
+        """
+        return {
+            slug
+            for slug, queued in self._queued.items()
+            if slug in self._limits and queued >= 2 * self._limits[slug].limit
+        }
 
     async def _claim(self, limit: int) -> list[Claim]:
         p = self.policy
@@ -337,7 +363,7 @@ class RefreshWorker:
             lease=p.lease,
             limit=limit,
             max_failures=p.max_attempts,
-            paused=sorted(await self._open_circuits()),
+            paused=sorted(await self._open_circuits() | self._saturated()),
         )
         if claims:
             self.metrics.claimed += len(claims)
@@ -443,6 +469,12 @@ class RefreshWorker:
         if not current.refresh_token:
             return await self._give_up(claim, Outcome.EXPIRED, "no refresh token: reconnect")
         limit = self._limit(provider.slug)
+        if self._claiming and limit.full and limit.waiting >= limit.limit:
+            # One limit's worth already waits here for this provider: let the slot serve
+            # another provider (or another worker) instead of parking a lease in a queue.
+            # (Only while `run` keeps claiming: `run_once` works off the batch it holds.)
+            await self.store.release_claims([conn.id], self.owner)
+            return Outcome.DEFERRED
         async with limit.slot():
             if self._stopping or provider.slug in await self._open_circuits():
                 # Never started: hand it back as it was.

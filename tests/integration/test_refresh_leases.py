@@ -10,9 +10,9 @@ import itertools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -21,9 +21,9 @@ from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import ConfigurationError
 from linkvault.oauth import HttpxTokenClient
-from linkvault.providers import ProviderRegistry, load_registry
+from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.refresher import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
-from linkvault.sandbox import FaultKind, RunningSandbox
+from linkvault.sandbox import FaultKind, RunningSandbox, sandbox_in_thread
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from tests.integration.test_connect import (
     module_postgres_url,
@@ -395,3 +395,82 @@ async def test_a_worker_that_loses_its_lease_abandons_the_request_and_leaves_a_r
     assert next_claim.connection.id == conn.id
     assert next_claim.lost is not None
     assert next_claim.lost.how is None  # the worker that sent it stopped waiting
+
+
+# --- one slow provider does not hold the others up ---------------------------------------
+
+
+async def test_a_slow_provider_keeps_a_short_queue_and_leaves_the_slots_to_the_others(
+    real_clock_store: SqliteConnectionRepository, running_sandbox: RunningSandbox
+) -> None:
+    cipher = AesGcmCipher(KeyRing([Key.generate("k1")]))
+    with sandbox_in_thread() as slow_bank:
+        # The slow bank serves one token request at a time, 0.4 s each.
+        slow_bank.sandbox.settings.update({"capacity": 1, "service_time": 0.4})
+        fast = load_registry(env=running_sandbox.env()).get("sandbox")
+        slow = dataclasses.replace(fast, slug="slow-bank", id=uuid4(), base_url=slow_bank.url)
+        registry = ProviderRegistry([*load_registry(env=running_sandbox.env()), slow])
+        due = utc_now() + timedelta(minutes=1)
+        # The slow bank's connections come due first, so a first-come claim takes them all.
+        slow_ids = [
+            await seed_due(real_clock_store, slow_bank, slow, cipher, due - timedelta(seconds=30))
+            for _ in range(20)
+        ]
+        fast_ids = [
+            await seed_due(real_clock_store, running_sandbox, fast, cipher, due) for _ in range(24)
+        ]
+        policy = dataclasses.replace(SHORT, concurrency=8)
+        async with HttpxTokenClient() as tokens:
+            worker = RefreshWorker(real_clock_store, registry, tokens, cipher, policy=policy)
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                await until(lambda: refreshed(running_sandbox) == 24, 20.0)
+                slow_done_meanwhile = refreshed(slow_bank)
+                await until(lambda: refreshed(slow_bank) == 20, 30.0)
+            finally:
+                stop.set()
+                await running
+        slow_grants = slow_bank.sandbox.grants()
+
+    # Without per-provider queues the eight slots fill with slow-bank claims waiting in line
+    # and the fast provider starts only once most of them are served.
+    assert slow_done_meanwhile <= 5, f"the fast provider waited for {slow_done_meanwhile}"
+    assert worker.metrics.outcomes[Outcome.DEFERRED] >= 1
+    assert all(grant["refreshes"] == 1 for grant in slow_grants)
+    assert refreshed(running_sandbox) == 24
+    for conn_id in [*slow_ids, *fast_ids]:
+        stored = await real_clock_store.find_by_id(conn_id)
+        assert stored is not None
+        assert stored.status is ConnectionStatus.ACTIVE
+
+
+def refreshed(running: RunningSandbox) -> int:
+    issued: int = running.sandbox.stats()["issued"].get("refresh_token", 0)
+    return issued
+
+
+async def seed_due(
+    store: SqliteConnectionRepository,
+    running: RunningSandbox,
+    provider: Provider,
+    cipher: AesGcmCipher,
+    expires_at: datetime,
+) -> UUID:
+    [grant] = running.sandbox.seed_grants([f"user-{uuid4()}"])
+    now = utc_now()
+    conn = ProviderConnection(
+        user_id=uuid4(),
+        provider_id=provider.id,
+        provider_slug=provider.slug,
+        created_at=now,
+        updated_at=now,
+    )
+    tokens = OAuth2Tokens(
+        access_token=grant["access_token"],
+        refresh_token=grant["refresh_token"],
+        expires_at=expires_at,
+    )
+    conn.mark_connected(seal_credentials(tokens, connection_id=conn.id, cipher=cipher), now=now)
+    await store.save(conn)
+    return conn.id
