@@ -70,7 +70,6 @@ class Outcome(StrEnum):
     LEASE_LOST = "lease_lost"  # the lease was no longer this worker's: nothing was sent
     PAUSED = "paused"  # the provider's circuit is open: handed back, no attempt used
     RELEASED = "released"  # never started before the worker stopped: handed back as it was
-    DEFERRED = "deferred"  # its provider already had a full queue here: handed back as it was
     UNREFRESHABLE = "unrefreshable"  # no refresh token, or a provider that cannot refresh
     CLIENT_REJECTED = "client_rejected"  # the provider refused linkvault's client credentials
     DECRYPT_FAILED = "decrypt_failed"
@@ -279,11 +278,11 @@ class RefreshWorker:
         self.metrics = RefreshMetrics()
         self._limits: dict[str, AdaptiveLimit] = {}
         self._queued: Counter[str] = Counter()  # claims held here per provider, sent or waiting
+        self._probe_after = 0.0  # when every provider held here is saturated: next look for others
         self._paused: dict[str, datetime] = {}
         self._paused_read = -1e9
         self._failing: set[str] = set()  # providers whose circuit may need closing
         self._stopping = False
-        self._claiming = False  # `run` is claiming continuously
 
     # --- the loop ------------------------------------------------------------------
 
@@ -295,14 +294,11 @@ class RefreshWorker:
         live: set[asyncio.Task[Outcome | None]] = set()
         stopped = asyncio.create_task(stop.wait())
         gauges_at = 0.0
-        self._claiming = True
         try:
             while not stop.is_set():
-                free = p.concurrency - len(live)
+                free = p.concurrency - len(live) + self._parked()
                 claimed = 0
-                # Claim when a quarter of the slots are free (or all are): fewer claim
-                # statements, and nothing leased that cannot start at once.
-                if free >= max(1, p.concurrency // 4) or not live:
+                if self._may_claim(free, live):
                     claimed = await self._claim_into(live, free)
                 if time.monotonic() - gauges_at > 5.0:
                     gauges_at = time.monotonic()
@@ -315,7 +311,6 @@ class RefreshWorker:
                 timeout = None if claimed == free and free > 0 else p.idle_poll
                 await asyncio.wait({*live, stopped}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
-            self._claiming = False
             self._stopping = True
             stopped.cancel()
             if live:
@@ -323,9 +318,40 @@ class RefreshWorker:
             self._stopping = False
         log.info("refresh worker %s stopped", self.owner)
 
+    def _may_claim(self, free: int, live: set[asyncio.Task[Outcome | None]]) -> bool:
+        """Whether to claim now, with `free` slots (claims parked behind a provider's limit
+        leave their slot to the others, so a slow provider never holds up the rest).
+
+        Claim when a quarter of the slots are free (or nothing is live): fewer claim statements,
+        and nothing leased that cannot start soon. When every provider held here already has
+        its queue full, only other providers can be claimed: look for them once per poll.
+        """
+        if live and free < max(1, self.policy.concurrency // 4):
+            return False
+        held = set(self._queued)
+        if held and held <= self._saturated():
+            if time.monotonic() < self._probe_after:
+                return False
+            self._probe_after = time.monotonic() + self.policy.idle_poll
+        return True
+
+    def _headroom(self) -> int:
+        """How many more claims the providers held here can take before their queues are full."""
+        return sum(
+            max(0, 2 * limit.limit - self._queued[slug])
+            for slug, limit in self._limits.items()
+            if slug in self._queued
+        )
+
     async def _claim_into(self, live: set[asyncio.Task[Outcome | None]], free: int) -> int:
+        p = self.policy
+        size = min(p.batch_size, free)
+        if self._queued:
+            # Enough to fill the queues of the providers held here, and a quarter of the slots
+            # for whichever others are due.
+            size = min(size, max(self._headroom(), p.concurrency // 4, 1))
         try:
-            claims = await self._claim(min(self.policy.batch_size, free))
+            claims = await self._claim(size)
         except DatabaseError as exc:
             log.warning("refresh worker: database unavailable, retrying: %s", exc)
             return 0
@@ -343,11 +369,15 @@ class RefreshWorker:
         if self._queued[slug] <= 0:
             del self._queued[slug]
 
+    def _parked(self) -> int:
+        """Claims held here that wait for room under their provider's limit."""
+        return sum(limit.waiting for limit in self._limits.values())
+
     def _saturated(self) -> set[str]:
         """Providers that already have twice as many claims here as their limit lets run.
 
         One limit's worth waiting keeps the pipe full; claiming more would only park leases
-        behind a slow provider while the worker's slots could serve the others.
+        behind a slow provider.
         """
         return {
             slug
@@ -469,12 +499,6 @@ class RefreshWorker:
         if not current.refresh_token:
             return await self._give_up(claim, Outcome.EXPIRED, "no refresh token: reconnect")
         limit = self._limit(provider.slug)
-        if self._claiming and limit.full and limit.waiting >= limit.limit:
-            # One limit's worth already waits here for this provider: let the slot serve
-            # another provider (or another worker) instead of parking a lease in a queue.
-            # (Only while `run` keeps claiming: `run_once` works off the batch it holds.)
-            await self.store.release_claims([conn.id], self.owner)
-            return Outcome.DEFERRED
         async with limit.slot():
             if self._stopping or provider.slug in await self._open_circuits():
                 # Never started: hand it back as it was.

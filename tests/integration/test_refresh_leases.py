@@ -436,7 +436,6 @@ async def test_a_slow_provider_keeps_a_short_queue_and_leaves_the_slots_to_the_o
     # Without per-provider queues the eight slots fill with slow-bank claims waiting in line
     # and the fast provider starts only once most of them are served.
     assert slow_done_meanwhile <= 5, f"the fast provider waited for {slow_done_meanwhile}"
-    assert worker.metrics.outcomes[Outcome.DEFERRED] >= 1
     assert all(grant["refreshes"] == 1 for grant in slow_grants)
     assert refreshed(running_sandbox) == 24
     for conn_id in [*slow_ids, *fast_ids]:
