@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Protocol
 from uuid import UUID, uuid4
 
@@ -459,7 +459,7 @@ class RefreshWorker:
                 "refresh of connection %s failed unexpectedly (%s)", conn.id, type(exc).__name__
             )
             outcome = Outcome.ERROR
-            await self._quietly(self._schedule_retry(claim, outcome, type(exc).__name__))
+            await self._quietly(self._settle(claim, outcome, _Then.RETRY, type(exc).__name__))
         self.metrics.outcomes[outcome] += 1
         duration_ms = (time.perf_counter() - started) * 1000
         request_ms = timing.get("request", 0.0) * 1000
@@ -485,19 +485,24 @@ class RefreshWorker:
         try:
             provider = self.registry.by_id(conn.provider_id)
         except UnknownProviderError:
-            return await self._unrefreshable(claim, "provider not in the registry")
+            return await self._settle(
+                claim, Outcome.UNREFRESHABLE, _Then.PARK, "provider not in the registry"
+            )
         if provider.auth_style is not AuthStyle.OAUTH2 or not provider.refreshes:
-            return await self._unrefreshable(claim, "the provider does not refresh tokens")
+            return await self._settle(
+                claim, Outcome.UNREFRESHABLE, _Then.PARK, "the provider does not refresh tokens"
+            )
         assert conn.credentials is not None
         try:
             current = open_credentials(
                 conn.credentials, connection_id=conn.id, cipher=self.cipher, expect=OAuth2Tokens
             )
         except DecryptionError as exc:
-            await self._schedule_retry(claim, Outcome.DECRYPT_FAILED, str(exc))
-            return Outcome.DECRYPT_FAILED
+            return await self._settle(claim, Outcome.DECRYPT_FAILED, _Then.RETRY, str(exc))
         if not current.refresh_token:
-            return await self._give_up(claim, Outcome.EXPIRED, "no refresh token: reconnect")
+            return await self._settle(
+                claim, Outcome.EXPIRED, _Then.END, "no refresh token: reconnect"
+            )
         limit = self._limit(provider.slug)
         async with limit.slot():
             if self._stopping or provider.slug in await self._open_circuits():
@@ -563,8 +568,7 @@ class RefreshWorker:
                 "the new tokens are discarded",
                 conn.id,
             )
-            await self.store.finish_claim(conn.id, self.owner, succeeded=True)
-            return Outcome.LOST_RACE
+            return await self._settle(claim, Outcome.LOST_RACE, _Then.DONE, "")
         return Outcome.REFRESHED
 
     async def _failed(
@@ -572,17 +576,19 @@ class RefreshWorker:
     ) -> Outcome:
         if _provider_failure(exc):
             await self._count_provider_failure(provider, exc)
-        if isinstance(exc, AnswerLostError):
+        outcome, then = _on_failure(exc)
+        reason = _reason(exc)
+        if then is _Then.REPLAY:
             log.warning(
                 "refresh of connection %s: request sent, answer lost (%s); replaying at once",
                 claim.connection.id,
-                exc.how,
+                getattr(exc, "how", "?"),
             )
             await self.store.record_lost(
-                claim.connection.id, self.owner, how=exc.how, error=_reason(exc)
+                claim.connection.id, self.owner, how=getattr(exc, "how", "?"), error=reason
             )
-            return Outcome.ANSWER_LOST
-        if isinstance(exc, InvalidClientError):
+            return outcome
+        if then is _Then.PARK:
             # Our own client credentials were refused: every connection of this provider
             # would fail alike, and none of their grants is at fault. Retry much later.
             log.error(
@@ -590,25 +596,14 @@ class RefreshWorker:
                 "LINKVAULT_PROVIDER_%s_CLIENT_ID/_SECRET: %s",
                 provider.slug,
                 provider.slug.upper().replace("-", "_"),
-                _reason(exc),
+                reason,
             )
-            await self._unrefreshable(claim, f"client rejected: {_reason(exc)}")
-            return Outcome.CLIENT_REJECTED
-        if isinstance(exc, InvalidGrantError | UnauthorizedClientError) and replay is not None:
+            reason = f"client rejected: {reason}"
+        elif replay is not None and isinstance(exc, InvalidGrantError | UnauthorizedClientError):
             reason = _lost_reason(replay, provider, self.clock())
             log.warning("refresh of connection %s: %s", claim.connection.id, reason)
-            return await self._give_up(claim, Outcome.EXPIRED, reason)
-        if isinstance(exc, InvalidGrantError | UnauthorizedClientError):
-            return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
-        if isinstance(exc, RevokedError):
-            return await self._give_up(claim, Outcome.REVOKED, _reason(exc))
-        if isinstance(exc, RateLimitedError):
-            return await self._transient(claim, Outcome.RATE_LIMITED, exc, exc.retry_after)
-        if isinstance(exc, MalformedResponseError):
-            return await self._transient(claim, Outcome.MALFORMED, exc)
-        if isinstance(exc, ProviderUnavailableError):
-            return await self._transient(claim, Outcome.UNAVAILABLE, exc)
-        return await self._give_up(claim, Outcome.EXPIRED, _reason(exc))
+        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        return await self._settle(claim, outcome, then, reason, retry_after=retry_after)
 
     # --- circuits and limits ----------------------------------------------------------
 
@@ -691,64 +686,101 @@ class RefreshWorker:
                 return True
         return False
 
-    async def _give_up(self, claim: Claim, outcome: Outcome, reason: str) -> Outcome:
-        now = self.clock()
-        conn = claim.connection
-
-        def apply(c: ProviderConnection) -> None:
-            if outcome is Outcome.REVOKED:
-                c.mark_revoked(reason, now=now)
-            else:
-                c.mark_expired(reason, now=now)
-
-        saved = await self._save_same_grant(conn, apply)
-        await self.store.finish_claim(conn.id, self.owner, succeeded=False, error=reason)
-        return outcome if saved else Outcome.LOST_RACE
-
-    async def _transient(
+    async def _settle(
         self,
         claim: Claim,
         outcome: Outcome,
-        exc: LinkvaultError,
+        then: _Then,
+        reason: str,
+        *,
         retry_after: float | None = None,
     ) -> Outcome:
-        if claim.failures + 1 >= self.policy.max_attempts:
+        """Record how a refresh that brought no new tokens ended, and close its lease.
+
+        The one place a lease is closed with `finish_claim`: `then` says what comes next.
+        """
+        conn = claim.connection
+        now = self.clock()
+        succeeded = False
+        next_attempt_at: datetime | None = None
+        error: str | None = reason
+        if then is _Then.BACKOFF and claim.failures + 1 >= self.policy.max_attempts:
             attempts = claim.failures + 1
-            reason = f"refresh kept failing ({attempts} attempts, last: {_reason(exc)}): reconnect"
-            given_up = await self._give_up(claim, Outcome.EXPIRED, reason)
-            return Outcome.GAVE_UP if given_up is Outcome.EXPIRED else given_up
-        log.warning(
-            "refresh of connection %s: %s, retrying later: %s",
-            claim.connection.id,
-            outcome.value,
-            _reason(exc),
+            reason = f"refresh kept failing ({attempts} attempts, last: {reason}): reconnect"
+            outcome, then, error = Outcome.GAVE_UP, _Then.END, reason
+        if then is _Then.END:
+            marked = await self._save_same_grant(conn, _marker(outcome, reason, now))
+            outcome = outcome if marked else Outcome.LOST_RACE
+        elif then is _Then.PARK:
+            next_attempt_at = now + self.policy.unrefreshable_retry
+        elif then is _Then.DONE:
+            succeeded, error = True, None
+        else:  # BACKOFF or RETRY: try again later, one more failure on record
+            if then is _Then.BACKOFF:
+                log.warning(
+                    "refresh of connection %s: %s, retrying later: %s",
+                    conn.id,
+                    outcome.value,
+                    reason,
+                )
+            wait = self.policy.backoff(claim.failures + 1, self.rng)
+            if retry_after is not None:
+                wait = max(wait, timedelta(seconds=min(retry_after, 86_400)))
+            next_attempt_at = now + wait
+            error = f"{outcome.value}: {reason}"[:500]
+        await self.store.finish_claim(
+            conn.id,
+            self.owner,
+            succeeded=succeeded,
+            next_attempt_at=next_attempt_at,
+            error=error,
         )
-        await self._schedule_retry(claim, outcome, _reason(exc), retry_after)
         return outcome
 
-    async def _schedule_retry(
-        self, claim: Claim, outcome: Outcome, error: str, retry_after: float | None = None
-    ) -> None:
-        wait = self.policy.backoff(claim.failures + 1, self.rng)
-        if retry_after is not None:
-            wait = max(wait, timedelta(seconds=min(retry_after, 86_400)))
-        await self.store.finish_claim(
-            claim.connection.id,
-            self.owner,
-            succeeded=False,
-            next_attempt_at=self.clock() + wait,
-            error=f"{outcome.value}: {error}"[:500],
-        )
 
-    async def _unrefreshable(self, claim: Claim, reason: str) -> Outcome:
-        await self.store.finish_claim(
-            claim.connection.id,
-            self.owner,
-            succeeded=False,
-            next_attempt_at=self.clock() + self.policy.unrefreshable_retry,
-            error=reason,
-        )
-        return Outcome.UNREFRESHABLE
+class _Then(Enum):
+    """What follows a refresh that brought no new tokens."""
+
+    REPLAY = "replay"  # sent, answer lost: kept on record, replayed at once, no failure counted
+    BACKOFF = "backoff"  # transient: retry with backoff; after max_attempts, give up
+    RETRY = "retry"  # our side failed (decrypt, a bug): retry with backoff, never give up
+    PARK = "park"  # nothing to do for now (no refresh at this provider): retry much later
+    END = "end"  # the grant is gone (expired, revoked, out of attempts): the user reconnects
+    DONE = "done"  # nothing to record (new tokens lost to a concurrent change)
+
+
+# From the failure a refresh request raised to its outcome and what follows; the first class
+# that matches wins, so the more specific come first.
+_FAILURES: tuple[tuple[type[LinkvaultError], Outcome, _Then], ...] = (
+    (AnswerLostError, Outcome.ANSWER_LOST, _Then.REPLAY),
+    (InvalidClientError, Outcome.CLIENT_REJECTED, _Then.PARK),
+    (InvalidGrantError, Outcome.EXPIRED, _Then.END),
+    (UnauthorizedClientError, Outcome.EXPIRED, _Then.END),
+    (RevokedError, Outcome.REVOKED, _Then.END),
+    (RateLimitedError, Outcome.RATE_LIMITED, _Then.BACKOFF),
+    (MalformedResponseError, Outcome.MALFORMED, _Then.BACKOFF),
+    (ProviderUnavailableError, Outcome.UNAVAILABLE, _Then.BACKOFF),
+    (OAuthError, Outcome.EXPIRED, _Then.END),
+)
+
+
+def _on_failure(exc: OAuthError) -> tuple[Outcome, _Then]:
+    for kind, outcome, then in _FAILURES:
+        if isinstance(exc, kind):
+            return outcome, then
+    return Outcome.EXPIRED, _Then.END  # pragma: no cover - OAuthError is the last row
+
+
+def _marker(outcome: Outcome, reason: str, now: datetime) -> Callable[[ProviderConnection], None]:
+    """The status change a grant that is gone makes on its connection."""
+
+    def mark(conn: ProviderConnection) -> None:
+        if outcome is Outcome.REVOKED:
+            conn.mark_revoked(reason, now=now)
+        else:
+            conn.mark_expired(reason, now=now)
+
+    return mark
 
 
 def _provider_failure(exc: OAuthError) -> bool:
