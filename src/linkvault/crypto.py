@@ -184,10 +184,6 @@ class KeyRing:
         """A new ring with `key` added, optionally as the active key."""
         return KeyRing([*self._keys.values(), key], active=key.id if activate else self.active_id)
 
-    def with_active(self, key_id: str) -> KeyRing:
-        """A new ring with the same keys and `key_id` active."""
-        return KeyRing(self._keys.values(), active=key_id)
-
     def without(self, key_id: str) -> KeyRing:
         """A new ring without `key_id`; the active key cannot be removed."""
         if key_id == self.active_id:

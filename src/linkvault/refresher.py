@@ -19,11 +19,10 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Protocol
 from uuid import UUID, uuid4
 
 from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentials
@@ -47,7 +46,7 @@ from linkvault.errors import (
 )
 from linkvault.limits import AdaptiveLimit
 from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
-from linkvault.ports import Cipher
+from linkvault.ports import Cipher, TokenClient
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import Claim, LostAttempt
@@ -77,14 +76,6 @@ class Outcome(StrEnum):
 
 
 TRANSIENT = frozenset({Outcome.RATE_LIMITED, Outcome.UNAVAILABLE, Outcome.MALFORMED, Outcome.ERROR})
-
-
-class TokenRefresher(Protocol):
-    """The part of the token client the worker needs."""
-
-    async def refresh(
-        self, provider: Provider, *, refresh_token: str, scopes: Sequence[str] | None = None
-    ) -> TokenResponse: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +249,7 @@ class RefreshWorker:
         self,
         store: ConnectionStore,
         registry: ProviderRegistry,
-        tokens: TokenRefresher,
+        tokens: TokenClient,
         cipher: Cipher,
         *,
         policy: RefreshPolicy | None = None,
