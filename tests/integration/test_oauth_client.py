@@ -30,8 +30,8 @@ from linkvault.oauth import (
     parse_retry_after,
     sanitize_description,
 )
-from linkvault.providers import Provider, TokenEndpointAuth, load_registry
-from linkvault.sandbox import DEFAULT_CLIENT_SECRET, RunningSandbox
+from linkvault.providers import SANDBOX_CLIENT_SECRET, Provider, TokenEndpointAuth, load_registry
+from linkvault.testing import RunningSandbox
 from tests.sandbox_fixtures import drive_consent, running_sandbox
 
 __all__ = ["running_sandbox"]
@@ -223,7 +223,7 @@ async def test_a_wrong_pkce_verifier_is_an_invalid_grant(
     assert caught.value.error == "invalid_grant"
     assert caught.value.status_code == 400
     assert not caught.value.retryable
-    assert_no_secret(caught.value, answer["code"], wrong, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, answer["code"], wrong, SANDBOX_CLIENT_SECRET)
 
 
 async def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(
@@ -238,7 +238,7 @@ async def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(
 
     assert renewed.refresh_token not in (None, old)
     assert "refresh token already used" in str(caught.value)
-    assert_no_secret(caught.value, old, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, old, SANDBOX_CLIENT_SECRET)
     stats = running_sandbox.sandbox.stats()
     assert stats["issued"] == {"refresh_token": 1}
     assert stats["refused"] == {"refresh_token": {"refresh_token_reused": 1}}
@@ -299,7 +299,7 @@ async def test_a_server_error_is_provider_unavailable(
 
     assert caught.value.status_code == status
     assert caught.value.retryable
-    assert_no_secret(caught.value, token, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, token, SANDBOX_CLIENT_SECRET)
 
 
 async def test_a_429_is_rate_limited_with_its_retry_after(
