@@ -1,9 +1,6 @@
-"""The sandbox authorization server: grants, codes, consents, faults and counters.
+"""The sandbox's state and rules: grants, codes, pending consents, faults and counters.
 
-Authorization-code grant with PKCE S256 behind a consent page, refresh-token grant with
-rotation and reuse detection, injectable faults, and counters of every grant issued and
-refused, over HTTP (`/admin/...`) and in Python. State lives in memory in one process:
-run it with one uvicorn worker.
+State lives in memory in one process, behind a lock: serve it with one uvicorn worker.
 """
 
 from __future__ import annotations
