@@ -50,9 +50,9 @@ from tests.refresh_fleet import (  # noqa: E402
 
 from linkvault.crypto import generate_key  # noqa: E402
 from linkvault.oauth import HttpxTokenClient  # noqa: E402
-from linkvault.sandbox import SandboxAdmin, sandbox_in_subprocess, sandbox_provider  # noqa: E402
 from linkvault.settings import Settings  # noqa: E402
 from linkvault.stores.postgres import PostgresConnectionRepository  # noqa: E402
+from linkvault.testing import SandboxAdmin, sandbox_in_subprocess, sandbox_provider  # noqa: E402
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

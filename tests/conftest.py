@@ -14,7 +14,7 @@ from linkvault.stores import ConnectionStore
 from linkvault.stores.memory import InMemoryConnectionRepository
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository
-from tests.support import FakeClock
+from linkvault.testing import FakeClock
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 

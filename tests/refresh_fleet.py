@@ -31,10 +31,10 @@ import asyncpg
 from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentials
 from linkvault.crypto import AesGcmCipher, parse_keys
 from linkvault.domain import ConnectionStatus, ProviderConnection, utc_now, uuid7
-from linkvault.providers import Provider, load_registry
-from linkvault.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SandboxAdmin
+from linkvault.providers import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, Provider, load_registry
 from linkvault.stores.common import ConnectionFilter
 from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.testing import SandboxAdmin
 
 SUMMARY = re.compile(r"linkvault worker: refreshed (\d+), other outcomes (.*)$", re.MULTILINE)
 STARTED = re.compile(r"refresh worker (\S+) started")
@@ -59,10 +59,10 @@ def worker_env(database_url: str, keys: str, provider_url: str, **settings: str)
         LINKVAULT_KEYS=keys,
         LINKVAULT_LOG_LEVEL="INFO",
         LINKVAULT_PROVIDER_SANDBOX_BASE_URL=provider_url,
-        LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID=DEFAULT_CLIENT_ID,
-        LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
-        LINKVAULT_PROVIDER_BANK_CLIENT_ID=DEFAULT_CLIENT_ID,
-        LINKVAULT_PROVIDER_BANK_CLIENT_SECRET=DEFAULT_CLIENT_SECRET,
+        LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID=SANDBOX_CLIENT_ID,
+        LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET=SANDBOX_CLIENT_SECRET,
+        LINKVAULT_PROVIDER_BANK_CLIENT_ID=SANDBOX_CLIENT_ID,
+        LINKVAULT_PROVIDER_BANK_CLIENT_SECRET=SANDBOX_CLIENT_SECRET,
     )
     env.update({f"LINKVAULT_{k.upper()}": v for k, v in settings.items()})
     return env

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from linkvault.providers import Provider
-from linkvault.sandbox import (
+from linkvault.testing import (
     RunningSandbox,
     SandboxAdmin,
     sandbox_in_subprocess,

@@ -6,24 +6,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-
-@dataclass
-class FakeClock:
-    now: datetime = field(default_factory=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
 
 PROBLEM_JSON = "application/problem+json"
 # A provider that connects with an API key, for tests of the API's key flow.

@@ -522,7 +522,8 @@ def sandbox(
     It listens where `serve` looks for it: the sandbox provider's base URL, which
     LINKVAULT_PROVIDER_SANDBOX_BASE_URL moves for both.
     """
-    from linkvault import sandbox as sb
+    from linkvault.providers import SANDBOX_CLIENT_ID
+    from linkvault.testing import sandbox as sb
 
     expected = registry(settings()).get("sandbox").base_url or ""
     parts = urlsplit(expected)
@@ -536,7 +537,7 @@ def sandbox(
 
     def ready(url: str) -> None:
         warn(
-            f"linkvault sandbox: listening at {url} (client id {sb.DEFAULT_CLIENT_ID}); "
+            f"linkvault sandbox: listening at {url} (client id {SANDBOX_CLIENT_ID}); "
             "stop with Ctrl-C"
         )
         if url.rstrip("/") != expected.rstrip("/"):

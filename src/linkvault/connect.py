@@ -247,12 +247,8 @@ class ConnectService:
             return await self._fail(conn, pending, reason)
         except (DecryptionError, ConfigurationError) as exc:
             return await self._fail(conn, pending, f"linkvault could not finish: {exc}")
-        tokens = OAuth2Tokens(
-            access_token=response.access_token,
-            refresh_token=response.refresh_token,
-            token_type=response.token_type,
-            scope=response.scope,
-            expires_at=token_expiry(response, provider, now),
+        tokens = OAuth2Tokens.from_response(
+            response, expires_at=token_expiry(response, provider, now)
         )
         sealed = seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher)
         conn.mark_connected(sealed, now=now)

@@ -11,12 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 from uuid import UUID
 
 from linkvault.domain import CredentialType, ProviderCredentials
 from linkvault.errors import DecryptionError, InvalidCredentialsError
 from linkvault.ports import Cipher
+
+if TYPE_CHECKING:
+    from linkvault.oauth.protocol import TokenResponse
 
 __all__ = [
     "PAYLOAD_FORMAT_VERSION",
@@ -132,6 +135,32 @@ class OAuth2Tokens(_Payload):
     @property
     def expiry(self) -> datetime | None:
         return self.expires_at
+
+    @classmethod
+    def from_response(
+        cls,
+        response: TokenResponse,
+        *,
+        expires_at: datetime | None,
+        previous: OAuth2Tokens | None = None,
+    ) -> OAuth2Tokens:
+        """The grant a token response holds; what a refresh answer leaves out stays `previous`."""
+        if previous is None:
+            return cls(
+                access_token=response.access_token,
+                refresh_token=response.refresh_token,
+                token_type=response.token_type,
+                scope=response.scope,
+                expires_at=expires_at,
+            )
+        return cls(
+            access_token=response.access_token,
+            # A provider that does not rotate sends no refresh token: the old one stays valid.
+            refresh_token=response.refresh_token or previous.refresh_token,
+            token_type=response.token_type or previous.token_type,
+            scope=response.scope or previous.scope,
+            expires_at=expires_at,
+        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

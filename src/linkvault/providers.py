@@ -25,6 +25,10 @@ from linkvault.errors import ProviderConfigError, UnknownProviderError
 
 ENV_PREFIX = "LINKVAULT_PROVIDER_"
 BUILTIN_SOURCE = "linkvault/providers.toml"
+# The demo client of the built-in loopback `sandbox` provider: the sandbox registers it, and a
+# process uses it when no client is configured for `sandbox`. A test fixture, not a credential.
+SANDBOX_CLIENT_ID = "linkvault-sandbox"
+SANDBOX_CLIENT_SECRET = "sandbox-secret"
 
 _E = TypeVar("_E", bound=StrEnum)
 

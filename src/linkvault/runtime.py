@@ -13,7 +13,13 @@ from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
 from linkvault.domain import Clock, utc_now
 from linkvault.oauth import HttpxTokenClient
 from linkvault.origins import ReturnOrigins
-from linkvault.providers import ClientCredentials, ProviderRegistry, load_registry
+from linkvault.providers import (
+    SANDBOX_CLIENT_ID,
+    SANDBOX_CLIENT_SECRET,
+    ClientCredentials,
+    ProviderRegistry,
+    load_registry,
+)
 from linkvault.refresher import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
@@ -43,9 +49,7 @@ def with_sandbox_client(registry: ProviderRegistry) -> ProviderRegistry:
     provider = registry.get("sandbox")
     if provider.client is not None:
         return registry
-    from linkvault.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-
-    demo = ClientCredentials(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+    demo = ClientCredentials(SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
     return registry.replace(provider.with_client(demo))
 
 

@@ -14,8 +14,8 @@ from linkvault.domain import (
 )
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
+from linkvault.testing import FakeClock
 from tests.conformance.test_repository import make, saved
-from tests.support import FakeClock
 
 LEASE = timedelta(minutes=5)
 HORIZON = timedelta(minutes=10)

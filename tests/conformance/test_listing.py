@@ -9,8 +9,8 @@ from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import ConnectionFilter
+from linkvault.testing import FakeClock
 from tests.conformance.test_repository import PLAID, SCHWAB, make, saved
-from tests.support import FakeClock
 
 
 async def test_pages_walk_every_connection_once_in_id_order(

@@ -15,7 +15,7 @@ from linkvault.domain import (
 )
 from linkvault.errors import InvalidArgumentError, NotFoundError, StaleConnectionError
 from linkvault.stores import ConnectionStore
-from tests.support import FakeClock
+from linkvault.testing import FakeClock
 
 SCHWAB = UUID("0d3c3b1e-6c1a-4c43-9d0e-2c1f0c5a7a01")
 PLAID = UUID("7f1e9a40-59c4-4f6b-8a52-3b8d2c6e9b02")

@@ -20,8 +20,8 @@ from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import CALLBACK_PATH, create_app
 from linkvault.crypto import generate_key
 from linkvault.runtime import Runtime
-from linkvault.sandbox import RunningSandbox
 from linkvault.settings import Settings
+from linkvault.testing import RunningSandbox
 from tests.sandbox_fixtures import drive_consent
 
 BASE = "http://testserver"

@@ -14,12 +14,13 @@ from linkvault.api import api_in_thread, create_app
 from linkvault.crypto import generate_key
 from linkvault.runtime import Runtime
 from linkvault.settings import Settings
+from linkvault.testing import FakeClock
 from tests.pg_cluster import (
     PrivateCluster,
     private_postgres_fixture,
     running_private_postgres_fixture,
 )
-from tests.support import API_KEY_PROVIDER_TOML, FakeClock
+from tests.support import API_KEY_PROVIDER_TOML
 
 __all__ = ["private_postgres_fixture", "running_private_postgres_fixture"]
 

@@ -23,8 +23,8 @@ from schemathesis.core.result import Ok
 from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import api_in_thread
 from linkvault.crypto import generate_key
-from linkvault.sandbox import sandbox_in_thread
 from linkvault.settings import Settings
+from linkvault.testing import sandbox_in_thread
 
 PROVIDERS = """
 [[providers]]

@@ -19,12 +19,17 @@ from linkvault.domain import ConnectionStatus, CredentialType, ProviderConnectio
 from linkvault.errors import InvalidArgumentError, InvalidStateError, InvalidTransitionError
 from linkvault.oauth import HttpxTokenClient, TokenResponse, code_challenge_s256
 from linkvault.providers import Provider, ProviderRegistry, load_registry
-from linkvault.sandbox import FaultKind, RunningSandbox, SandboxSettings, sandbox_in_thread
 from linkvault.stores import ConnectionStore
 from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.testing import (
+    FakeClock,
+    FaultKind,
+    RunningSandbox,
+    SandboxSettings,
+    sandbox_in_thread,
+)
 from tests.conftest import PostgresServer
 from tests.sandbox_fixtures import drive_consent
-from tests.support import FakeClock
 
 REDIRECT = "http://127.0.0.1:9/callback"
 KEY_PROVIDER_ID = UUID("0b9f6a7e-7d0c-4f55-9d55-3c1b1e0f5a01")

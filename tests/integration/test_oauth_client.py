@@ -3,8 +3,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -22,16 +21,13 @@ from linkvault.errors import (
 )
 from linkvault.oauth import (
     HttpxTokenClient,
-    TokenResponse,
     build_authorize_url,
     code_challenge_s256,
     generate_code_verifier,
     generate_state,
-    parse_retry_after,
-    sanitize_description,
 )
-from linkvault.providers import Provider, TokenEndpointAuth, load_registry
-from linkvault.sandbox import DEFAULT_CLIENT_SECRET, RunningSandbox
+from linkvault.providers import SANDBOX_CLIENT_SECRET, Provider, TokenEndpointAuth, load_registry
+from linkvault.testing import RunningSandbox
 from tests.sandbox_fixtures import drive_consent, running_sandbox
 
 __all__ = ["running_sandbox"]
@@ -66,119 +62,6 @@ def assert_no_secret(error: BaseException, *secrets: str) -> None:
     for text in (str(error), repr(error), str(error.args)):
         for secret in secrets:
             assert secret not in text
-
-
-# --- pure helpers --------------------------------------------------------------
-
-
-def test_a_code_verifier_is_43_to_128_unreserved_characters() -> None:
-    short, long = generate_code_verifier(43), generate_code_verifier(128)
-
-    assert (len(short), len(long)) == (43, 128)
-    assert set(short + long) <= set(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-    )
-    assert generate_code_verifier() != generate_code_verifier()
-    with pytest.raises(ValueError, match="43 to 128"):
-        generate_code_verifier(42)
-
-
-def test_the_s256_challenge_matches_the_rfc_7636_example() -> None:
-    challenge = code_challenge_s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
-
-    assert challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-
-
-def test_a_challenge_refuses_a_verifier_outside_the_rfc_alphabet() -> None:
-    with pytest.raises(ValueError, match="unreserved"):
-        code_challenge_s256("not a verifier" * 4)
-
-
-def test_the_authorize_url_carries_client_state_scope_and_pkce() -> None:
-    env = {
-        "LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid",
-        "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "cs",
-    }
-    provider = load_registry(env=env).get("sandbox")
-    state = generate_state()
-
-    url = build_authorize_url(
-        provider,
-        redirect_uri=REDIRECT,
-        state=state,
-        code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        scopes=["accounts:read", "trades:write"],
-        extra_params={"login_hint": "bob"},
-    )
-
-    parts = urlsplit(url)
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == provider.authorize_url
-    assert query == {
-        "response_type": "code",
-        "client_id": "cid",
-        "redirect_uri": REDIRECT,
-        "scope": "accounts:read trades:write",
-        "state": state,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        "code_challenge_method": "S256",
-        "login_hint": "bob",
-    }
-    assert "cs" not in query.values()
-
-
-def test_the_authorize_url_omits_scope_when_the_provider_has_none() -> None:
-    env = {"LINKVAULT_PROVIDER_SCHWAB_CLIENT_ID": "app-key"}
-    schwab = load_registry(env=env).get("schwab")
-
-    url = build_authorize_url(schwab, redirect_uri=REDIRECT, state="s", code_challenge="c" * 43)
-
-    assert url.startswith("https://api.schwabapi.com/v1/oauth/authorize?")
-    assert "scope=" not in url
-
-
-def test_the_authorize_url_needs_client_credentials() -> None:
-    schwab = load_registry().get("schwab")
-
-    with pytest.raises(ProviderConfigError, match="LINKVAULT_PROVIDER_SCHWAB_CLIENT_ID"):
-        build_authorize_url(schwab, redirect_uri=REDIRECT, state="s", code_challenge="c" * 43)
-
-
-def test_the_authorize_url_needs_a_challenge_for_a_pkce_provider() -> None:
-    provider = load_registry(env={"LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid"}).get("sandbox")
-
-    with pytest.raises(ProviderConfigError, match="PKCE"):
-        build_authorize_url(provider, redirect_uri=REDIRECT, state="s", code_challenge=None)
-
-
-def test_a_token_response_hides_its_tokens_and_computes_its_expiry() -> None:
-    tokens = TokenResponse("access-abc", "Bearer", "refresh-xyz", 1800, "accounts:read")
-
-    assert "access-abc" not in repr(tokens)
-    assert "refresh-xyz" not in str(tokens)
-    assert tokens.expires_at(NOW) == NOW + timedelta(minutes=30)
-    assert TokenResponse("a").expires_at(NOW) is None
-
-
-def test_retry_after_reads_seconds_and_http_dates() -> None:
-    assert parse_retry_after("7", NOW) == 7.0
-    assert parse_retry_after("Sun, 01 Mar 2026 12:01:30 GMT", NOW) == 90.0
-    assert parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", NOW) == 0.0
-    assert parse_retry_after("soon", NOW) is None
-    assert parse_retry_after("-3", NOW) is None
-    assert parse_retry_after(None, NOW) is None
-
-
-def test_a_provider_description_loses_secrets_markup_and_length() -> None:
-    text = 'refresh token r3fr3sh-t0ken was bad <b>"x"</b> ' + "A1" * 20 + " " + "z " * 200
-
-    cleaned = sanitize_description(text, ["r3fr3sh-t0ken"])
-
-    assert "r3fr3sh-t0ken" not in cleaned
-    assert "A1A1" not in cleaned
-    assert '"' not in cleaned
-    assert len(cleaned) <= 200
-    assert cleaned.startswith("refresh token [redacted] was bad")
 
 
 # --- against the sandbox -------------------------------------------------------
@@ -223,7 +106,7 @@ async def test_a_wrong_pkce_verifier_is_an_invalid_grant(
     assert caught.value.error == "invalid_grant"
     assert caught.value.status_code == 400
     assert not caught.value.retryable
-    assert_no_secret(caught.value, answer["code"], wrong, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, answer["code"], wrong, SANDBOX_CLIENT_SECRET)
 
 
 async def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(
@@ -238,7 +121,7 @@ async def test_a_refresh_rotates_and_the_old_refresh_token_is_refused(
 
     assert renewed.refresh_token not in (None, old)
     assert "refresh token already used" in str(caught.value)
-    assert_no_secret(caught.value, old, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, old, SANDBOX_CLIENT_SECRET)
     stats = running_sandbox.sandbox.stats()
     assert stats["issued"] == {"refresh_token": 1}
     assert stats["refused"] == {"refresh_token": {"refresh_token_reused": 1}}
@@ -299,7 +182,7 @@ async def test_a_server_error_is_provider_unavailable(
 
     assert caught.value.status_code == status
     assert caught.value.retryable
-    assert_no_secret(caught.value, token, DEFAULT_CLIENT_SECRET)
+    assert_no_secret(caught.value, token, SANDBOX_CLIENT_SECRET)
 
 
 async def test_a_429_is_rate_limited_with_its_retry_after(

@@ -23,8 +23,8 @@ from linkvault.errors import ConfigurationError
 from linkvault.oauth import HttpxTokenClient
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.refresher import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
-from linkvault.sandbox import FaultKind, RunningSandbox, sandbox_in_thread
 from linkvault.stores.sqlite import SqliteConnectionRepository
+from linkvault.testing import FaultKind, RunningSandbox, sandbox_in_thread
 from tests.integration.test_connect import (
     module_postgres_url,
     module_sandbox,

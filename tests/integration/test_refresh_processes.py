@@ -13,7 +13,7 @@ from uuid import UUID
 import pytest
 
 from linkvault.crypto import generate_key
-from linkvault.sandbox import SandboxAdmin, sandbox_in_subprocess
+from linkvault.testing import SandboxAdmin, sandbox_in_subprocess
 from tests.refresh_fleet import (
     BlackHole,
     Fleet,

@@ -18,15 +18,14 @@ from linkvault.errors import InvalidGrantError
 from linkvault.oauth import HttpxTokenClient, TokenResponse
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.refresher import Outcome, RefreshPolicy, RefreshWorker, refresh_now
-from linkvault.sandbox import FaultKind, RunningSandbox
 from linkvault.stores import ConnectionStore
+from linkvault.testing import FakeClock, FaultKind, RunningSandbox
 from tests.integration.test_connect import (
     module_postgres_url,
     module_sandbox,
     postgres_store,
     running_sandbox,
 )
-from tests.support import FakeClock
 
 __all__ = ["module_postgres_url", "module_sandbox", "postgres_store", "running_sandbox"]
 

@@ -11,7 +11,7 @@ from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus
 from linkvault.providers import load_registry
 from linkvault.refresher import Outcome, RefreshPolicy
-from linkvault.sandbox import FaultKind
+from linkvault.testing import FaultKind
 from tests.integration.test_connect import (
     module_postgres_url,
     module_sandbox,

@@ -45,7 +45,7 @@ from linkvault.rotation import (
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
 from linkvault.stores.postgres import PostgresConnectionRepository
-from tests.support import FakeClock
+from linkvault.testing import FakeClock
 
 PROVIDER = UUID("0190a5b0-0000-7000-8000-000000000001")
 EXPIRY = datetime(2031, 1, 1, tzinfo=UTC)

@@ -10,10 +10,8 @@ import httpx
 import pytest
 
 from linkvault.oauth import build_authorize_url, code_challenge_s256, generate_code_verifier
-from linkvault.providers import Provider
-from linkvault.sandbox import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
+from linkvault.providers import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, Provider
+from linkvault.testing import (
     FaultKind,
     RunningSandbox,
     SandboxAdmin,
@@ -28,7 +26,7 @@ __all__ = ["running_sandbox", "sandbox_admin"]
 
 REDIRECT = "http://127.0.0.1:9/callback"
 BASIC = (
-    "Basic " + base64.b64encode(f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()).decode()
+    "Basic " + base64.b64encode(f"{SANDBOX_CLIENT_ID}:{SANDBOX_CLIENT_SECRET}".encode()).decode()
 )
 
 
@@ -127,7 +125,7 @@ async def test_an_authorization_request_without_pkce_is_sent_back_with_invalid_r
 ) -> None:
     url = (
         f"{running_sandbox.url}/oauth/authorize?response_type=code"
-        f"&client_id={DEFAULT_CLIENT_ID}&redirect_uri={REDIRECT}&state=abc"
+        f"&client_id={SANDBOX_CLIENT_ID}&redirect_uri={REDIRECT}&state=abc"
     )
 
     answer = await drive_consent(url)
@@ -349,8 +347,8 @@ async def test_client_secret_post_is_accepted(running_sandbox: RunningSandbox) -
             data={
                 "grant_type": "refresh_token",
                 "refresh_token": seeded["refresh_token"],
-                "client_id": DEFAULT_CLIENT_ID,
-                "client_secret": DEFAULT_CLIENT_SECRET,
+                "client_id": SANDBOX_CLIENT_ID,
+                "client_secret": SANDBOX_CLIENT_SECRET,
             },
         )
 
@@ -361,7 +359,7 @@ async def test_a_wrong_client_secret_is_refused_as_invalid_client(
     running_sandbox: RunningSandbox,
 ) -> None:
     [seeded] = running_sandbox.sandbox.seed_grants(["alice"])
-    wrong = "Basic " + base64.b64encode(f"{DEFAULT_CLIENT_ID}:nope".encode()).decode()
+    wrong = "Basic " + base64.b64encode(f"{SANDBOX_CLIENT_ID}:nope".encode()).decode()
 
     response = await post_token(
         running_sandbox.url,
@@ -385,8 +383,8 @@ async def test_a_client_limited_to_basic_cannot_authenticate_in_the_body() -> No
                 data={
                     "grant_type": "refresh_token",
                     "refresh_token": seeded["refresh_token"],
-                    "client_id": DEFAULT_CLIENT_ID,
-                    "client_secret": DEFAULT_CLIENT_SECRET,
+                    "client_id": SANDBOX_CLIENT_ID,
+                    "client_secret": SANDBOX_CLIENT_SECRET,
                 },
             )
 

@@ -26,6 +26,7 @@ from linkvault.credentials import (
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import CredentialType, ProviderCredentials
 from linkvault.errors import DecryptionError, InvalidConnectionError, InvalidCredentialsError
+from linkvault.oauth import TokenResponse
 
 CONNECTION = UUID("01890a5d-ac96-774b-bcce-b302099a8057")
 OTHER_CONNECTION = UUID("01890a5d-ac96-774b-bcce-b302099a8058")
@@ -136,6 +137,28 @@ def test_expiry_in_another_zone_is_kept_as_the_same_instant_in_utc(cipher: AesGc
     assert opened.expires_at == EXPIRY
     assert opened.expires_at is not None
     assert opened.expires_at.tzinfo is UTC
+
+
+def test_tokens_from_a_code_exchange_answer_are_what_the_provider_said() -> None:
+    response = TokenResponse("access-1", "Bearer", "refresh-1", 1800, "accounts:read")
+
+    tokens = OAuth2Tokens.from_response(response, expires_at=EXPIRY)
+
+    assert tokens == OAuth2Tokens("access-1", "refresh-1", "Bearer", "accounts:read", EXPIRY)
+
+
+def test_tokens_from_a_refresh_answer_keep_what_it_left_out() -> None:
+    previous = OAuth2Tokens("access-0", "refresh-0", "mac", "accounts:read", EXPIRY)
+
+    kept = OAuth2Tokens.from_response(TokenResponse("access-1"), expires_at=None, previous=previous)
+    rotated = OAuth2Tokens.from_response(
+        TokenResponse("access-2", "Bearer", "refresh-2", None, "accounts:write"),
+        expires_at=EXPIRY,
+        previous=previous,
+    )
+
+    assert kept == OAuth2Tokens("access-1", "refresh-0", "Bearer", "accounts:read", None)
+    assert rotated == OAuth2Tokens("access-2", "refresh-2", "Bearer", "accounts:write", EXPIRY)
 
 
 def test_credentials_sealed_for_one_connection_do_not_open_for_another(

@@ -3,3 +3,35 @@
 The sandbox OAuth2 provider, the in-memory store, a fake clock and an in-thread API runner
 live here, so a user's own tests can drive linkvault end to end without a real provider.
 """
+
+from linkvault.stores.memory import InMemoryConnectionRepository
+from linkvault.testing.clock import FakeClock
+from linkvault.testing.sandbox import (
+    Fault,
+    FaultKind,
+    RunningSandbox,
+    Sandbox,
+    SandboxAdmin,
+    SandboxClient,
+    SandboxConfig,
+    SandboxSettings,
+    sandbox_in_subprocess,
+    sandbox_in_thread,
+    sandbox_provider,
+)
+
+__all__ = [
+    "FakeClock",
+    "Fault",
+    "FaultKind",
+    "InMemoryConnectionRepository",
+    "RunningSandbox",
+    "Sandbox",
+    "SandboxAdmin",
+    "SandboxClient",
+    "SandboxConfig",
+    "SandboxSettings",
+    "sandbox_in_subprocess",
+    "sandbox_in_thread",
+    "sandbox_provider",
+]
