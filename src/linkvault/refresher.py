@@ -531,13 +531,8 @@ class RefreshWorker:
         conn = claim.connection
         assert conn.credentials is not None
         now = self.clock()
-        renewed = OAuth2Tokens(
-            access_token=response.access_token,
-            # A provider that does not rotate sends no refresh token: the old one stays valid.
-            refresh_token=response.refresh_token or current.refresh_token,
-            token_type=response.token_type or current.token_type,
-            scope=response.scope or current.scope,
-            expires_at=token_expiry(response, provider, now),
+        renewed = OAuth2Tokens.from_response(
+            response, expires_at=token_expiry(response, provider, now), previous=current
         )
         sealed = seal_credentials(renewed, connection_id=conn.id, cipher=self.cipher)
         saved = await self.store.complete_refresh(
