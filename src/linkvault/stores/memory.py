@@ -7,8 +7,6 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Self
 from uuid import UUID
 
 from linkvault.domain import (
@@ -22,6 +20,7 @@ from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConne
 from linkvault.stores.common import (
     CircuitCount,
     Claim,
+    ClosingOnExit,
     ConnectionFilter,
     PendingAuthorization,
     RefreshBacklog,
@@ -88,7 +87,7 @@ def _ordered(rows: list[ProviderConnection]) -> list[ProviderConnection]:
     return sorted(rows, key=lambda c: (c.created_at, c.id))
 
 
-class InMemoryConnectionRepository:
+class InMemoryConnectionRepository(ClosingOnExit):
     """The repository port in a dict: same semantics as the database stores, no I/O."""
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
@@ -102,17 +101,6 @@ class InMemoryConnectionRepository:
 
     async def close(self) -> None:
         return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryConnectionRepository]:
