@@ -44,6 +44,8 @@ def check_minutes(minutes: int) -> int:
 
 
 MAX_PAGE = 1000
+# What a circuit keeps of a provider's last error.
+MAX_CIRCUIT_ERROR = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from uuid import UUID
 from linkvault.domain import Clock, ProviderConnection, ProviderCredentials
 from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
 from linkvault.stores.common import (
+    MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
     ClosingOnExit,
@@ -326,7 +327,7 @@ class StoreEngine(ClosingOnExit):
     ) -> CircuitCount:
         """Count a failure at a provider (failures older than `window` start afresh)."""
         now = self._clock()
-        args = (provider_slug, self._time(now), self._time(now - window), error[:500])
+        args = (provider_slug, self._time(now), self._time(now - window), error[:MAX_CIRCUIT_ERROR])
         row = await self._fetchrow("circuit_failure", self._q["circuit_failure"], args)
         assert row is not None
         return CircuitCount(int(row[0]), int(row[1]), self._maybe_at(row[2]))

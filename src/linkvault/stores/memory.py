@@ -18,6 +18,7 @@ from linkvault.domain import (
 )
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.stores.common import (
+    MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
     ClosingOnExit,
@@ -454,7 +455,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
             c = self._circuits.setdefault(provider_slug, _Circuit())
             stale = c.updated_at is None or c.updated_at < now - window
             c.failures = 1 if stale else c.failures + 1
-            c.error, c.updated_at = error[:500], now
+            c.error, c.updated_at = error[:MAX_CIRCUIT_ERROR], now
             return CircuitCount(c.failures, c.opened, c.open_until)
 
     async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
