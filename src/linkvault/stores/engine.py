@@ -2,7 +2,8 @@
 
 A dialect (postgres.py, sqlite.py) supplies the driver calls, its named queries, the
 conversion of values to parameters and of columns to values, transactions and migrations.
-The primitives return the driver's awaitable directly: no extra await per call.
+A primitive returns the dialect's call itself, not a coroutine of its own: the engine adds
+no await to a call.
 """
 
 from __future__ import annotations
@@ -127,18 +128,29 @@ class StoreEngine(ClosingOnExit):
         at = self._maybe_at(row[16])
         return Claim(self._row_to_connection(row), int(row[15]), lost_attempt(at, row[17], row[18]))
 
-    async def _many(self, operation: str, *args: Any) -> list[ProviderConnection]:
-        rows = await self._fetch(operation, self._q[operation], args)
+    # The named query of the operation of the same name, with its positional arguments.
+
+    def _rows(self, name: str, *args: Any) -> Awaitable[Sequence[Row]]:
+        return self._fetch(name, self._q[name], args)
+
+    def _row(self, name: str, *args: Any) -> Awaitable[Row | None]:
+        return self._fetchrow(name, self._q[name], args)
+
+    def _value(self, name: str, *args: Any) -> Awaitable[Any]:
+        return self._fetchval(name, self._q[name], args)
+
+    async def _many(self, name: str, *args: Any) -> list[ProviderConnection]:
+        rows = await self._rows(name, *args)
         to_connection = self._row_to_connection
         return [to_connection(r) for r in rows]
 
-    async def _found(self, operation: str, query: str, args: tuple[Any, ...]) -> bool:
-        return await self._fetchval(operation, query, args) is not None
+    async def _count(self, name: str, *args: Any) -> int:
+        return int(await self._value(name, *args))
 
     # --- the port ------------------------------------------------------------
 
     async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
-        row = await self._fetchrow("find_by_id", self._q["find_by_id"], (self._key(connection_id),))
+        row = await self._row("find_by_id", self._key(connection_id))
         return None if row is None else self._row_to_connection(row)
 
     async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
@@ -165,7 +177,8 @@ class StoreEngine(ClosingOnExit):
         connection.version = version
 
     async def delete(self, connection_id: UUID) -> None:
-        if not await self._found("delete", self._q["delete"], (self._key(connection_id),)):
+        key = self._key(connection_id)
+        if await self._value("delete", key) is None:
             raise NotFoundError(connection_id)
 
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
@@ -230,7 +243,7 @@ class StoreEngine(ClosingOnExit):
             self._time(now),
             self._time(now + lease),
         )
-        row = await self._fetchrow("claim_connection", self._q["claim_connection"], args)
+        row = await self._row("claim_connection", *args)
         return None if row is None else self._claim(row)
 
     async def begin_attempt(
@@ -249,13 +262,13 @@ class StoreEngine(ClosingOnExit):
         now, time = self._clock(), self._time
         key = self._key(connection_id)
         args = (key, owner, time(now), time(now + lease), fingerprint, credentials)
-        return self._maybe_at(await self._fetchval("begin_attempt", self._q["begin_attempt"], args))
+        return self._maybe_at(await self._value("begin_attempt", *args))
 
     async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
         """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
         now = self._clock()
         args = (self._key(connection_id), owner, self._time(now), self._time(now + lease))
-        return await self._found("extend_lease", self._q["extend_lease"], args)
+        return await self._value("extend_lease", *args) is not None
 
     async def complete_refresh(
         self,
@@ -279,12 +292,12 @@ class StoreEngine(ClosingOnExit):
             self._time(self._clock()),
             self._time(next_refresh_at),
         )
-        return await self._found("complete_refresh", self._q["complete_refresh"], args)
+        return await self._value("complete_refresh", *args) is not None
 
     async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
         """A request whose answer never came: keep its record, hand the row back for a replay."""
         args = (self._key(connection_id), owner, how, error)
-        return await self._found("record_lost", self._q["record_lost"], args)
+        return await self._value("record_lost", *args) is not None
 
     async def finish_claim(
         self,
@@ -298,7 +311,7 @@ class StoreEngine(ClosingOnExit):
         """Close a lease `owner` still holds; the failure count after it, or None if lost."""
         key, next_at = self._key(connection_id), self._time(next_attempt_at)
         args = (key, owner, succeeded, next_at, error)
-        value = await self._fetchval("finish_claim", self._q["finish_claim"], args)
+        value = await self._value("finish_claim", *args)
         return None if value is None else int(value)
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
@@ -312,14 +325,14 @@ class StoreEngine(ClosingOnExit):
         """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
         now = self._clock()
         args = (self._time(now + horizon), self._time(now), max_failures)
-        row = await self._fetchrow("refresh_backlog", self._q["refresh_backlog"], args)
+        row = await self._row("refresh_backlog", *args)
         assert row is not None
         return RefreshBacklog(int(row[0]), int(row[1]), self._maybe_at(row[2]))
 
     async def open_circuits(self) -> dict[str, datetime]:
         """Providers whose circuit is open now, and until when."""
         now = self._time(self._clock())
-        rows = await self._fetch("open_circuits", self._q["open_circuits"], (now,))
+        rows = await self._rows("open_circuits", now)
         return {r[0]: self._at(r[1]) for r in rows}
 
     async def circuit_failure(
@@ -328,18 +341,18 @@ class StoreEngine(ClosingOnExit):
         """Count a failure at a provider (failures older than `window` start afresh)."""
         now = self._clock()
         args = (provider_slug, self._time(now), self._time(now - window), error[:MAX_CIRCUIT_ERROR])
-        row = await self._fetchrow("circuit_failure", self._q["circuit_failure"], args)
+        row = await self._row("circuit_failure", *args)
         assert row is not None
         return CircuitCount(int(row[0]), int(row[1]), self._maybe_at(row[2]))
 
     async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
         """Open a provider's circuit until `until`, unless another worker just did."""
         args = (provider_slug, self._time(until), opened, self._time(self._clock()))
-        return await self._found("open_circuit", self._q["open_circuit"], args)
+        return await self._value("open_circuit", *args) is not None
 
     async def close_circuit(self, provider_slug: str) -> bool:
         """Close a provider's circuit after a success; False when it was not failing."""
-        return await self._found("close_circuit", self._q["close_circuit"], (provider_slug,))
+        return await self._value("close_circuit", provider_slug) is not None
 
     async def find_sealed_outside(
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
@@ -361,9 +374,6 @@ class StoreEngine(ClosingOnExit):
         """How many connections hold credentials whose blob starts with `prefix`."""
         return await self._count("count_sealed_with", prefix)
 
-    async def _count(self, operation: str, *args: Any) -> int:
-        return int(await self._fetchval(operation, self._q[operation], args))
-
     async def put_state(self, pending: PendingAuthorization) -> None:
         """Keep a pending authorization until its callback (or its expiry)."""
         p = pending
@@ -381,7 +391,7 @@ class StoreEngine(ClosingOnExit):
 
     async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""
-        row = await self._fetchrow("take_state", self._q["take_state"], (state_hash,))
+        row = await self._row("take_state", state_hash)
         if row is None:
             return None
         connection_id, created, expires = self._uuid(row[0]), self._at(row[4]), self._at(row[5])
