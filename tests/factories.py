@@ -83,7 +83,9 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PortCall = Callable[[ConnectionStore], Awaitable[object]]
 
 
-def active(alias: str | None = "main", blob: bytes = b"sealed") -> ProviderConnection:
+def active(
+    alias: str | None = "main", blob: bytes = b"sealed", *, expires_at: datetime | None = NOW
+) -> ProviderConnection:
     """A new ACTIVE connection holding credentials, at a provider of its own."""
     return ProviderConnection(
         user_id=uuid4(),
@@ -91,7 +93,7 @@ def active(alias: str | None = "main", blob: bytes = b"sealed") -> ProviderConne
         provider_slug="schwab",
         alias=alias,
         status=ConnectionStatus.ACTIVE,
-        credentials=ProviderCredentials(blob, CredentialType.OAUTH2, NOW),
+        credentials=ProviderCredentials(blob, CredentialType.OAUTH2, expires_at),
         connected_at=NOW,
         created_at=NOW,
         updated_at=NOW,
