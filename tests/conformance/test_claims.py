@@ -15,7 +15,7 @@ from linkvault.domain import (
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
-from tests.conformance.test_repository import make, saved
+from tests.factories import make, saved
 
 LEASE = timedelta(minutes=5)
 HORIZON = timedelta(minutes=10)

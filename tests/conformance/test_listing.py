@@ -10,7 +10,7 @@ from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import ConnectionFilter
 from linkvault.testing import FakeClock
-from tests.conformance.test_repository import PLAID, SCHWAB, make, saved
+from tests.factories import PLAID, SCHWAB, make, saved
 
 
 async def test_pages_walk_every_connection_once_in_id_order(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import UTC, datetime, timedelta, timezone
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
@@ -11,71 +11,11 @@ from linkvault.domain import (
     ConnectionStatus,
     CredentialType,
     ProviderConnection,
-    ProviderCredentials,
 )
 from linkvault.errors import InvalidArgumentError, NotFoundError, StaleConnectionError
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
-
-SCHWAB = UUID("0d3c3b1e-6c1a-4c43-9d0e-2c1f0c5a7a01")
-PLAID = UUID("7f1e9a40-59c4-4f6b-8a52-3b8d2c6e9b02")
-
-
-def creds(
-    expires_at: datetime | None = None,
-    data: bytes = b"sealed-credentials",
-    kind: CredentialType = CredentialType.OAUTH2,
-) -> ProviderCredentials:
-    return ProviderCredentials(data, kind, expires_at)
-
-
-def make(
-    clock: FakeClock,
-    *,
-    user_id: UUID | None = None,
-    provider_id: UUID = SCHWAB,
-    status: ConnectionStatus = ConnectionStatus.PENDING,
-    expires_at: datetime | None = None,
-    alias: str | None = None,
-) -> ProviderConnection:
-    conn = ProviderConnection(
-        user_id=user_id or uuid4(),
-        provider_id=provider_id,
-        provider_slug="schwab" if provider_id == SCHWAB else "plaid",
-        alias=alias,
-        created_at=clock.now,
-        updated_at=clock.now,
-    )
-    move_to(conn, status, clock, expires_at)
-    return conn
-
-
-def move_to(
-    conn: ProviderConnection,
-    status: ConnectionStatus,
-    clock: FakeClock,
-    expires_at: datetime | None = None,
-) -> None:
-    S = ConnectionStatus  # noqa: N806
-    if status is S.PENDING:
-        return
-    if status is S.FAILED:
-        conn.mark_failed("the provider refused the authorization code", now=clock.now)
-        return
-    if status is S.DISCONNECTED:
-        conn.mark_disconnected(now=clock.now)
-        return
-    conn.mark_connected(creds(expires_at), now=clock.now)
-    if status is S.EXPIRED:
-        conn.mark_expired("refresh token expired", now=clock.now)
-    elif status is S.REVOKED:
-        conn.mark_revoked("revoked by the user at the provider", now=clock.now)
-
-
-async def saved(store: ConnectionStore, conn: ProviderConnection) -> ProviderConnection:
-    await store.save(conn)
-    return conn
-
+from tests.factories import PLAID, SCHWAB, creds, make, saved
 
 # --- reads -------------------------------------------------------------------
 

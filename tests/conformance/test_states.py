@@ -10,7 +10,7 @@ from linkvault.errors import ConstraintViolationError
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
 from linkvault.testing import FakeClock
-from tests.conformance.test_repository import make, saved
+from tests.factories import make, saved
 
 
 def pending_for(connection_id: object, clock: FakeClock, minutes: int = 10) -> PendingAuthorization:

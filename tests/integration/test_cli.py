@@ -10,7 +10,7 @@ import pytest
 
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.stores import open_store
-from tests.conformance.test_repository import SCHWAB
+from tests.factories import SCHWAB
 
 
 def cli(

@@ -1,97 +1,36 @@
+"""Failures only PostgreSQL has: refusals of the server, timeouts, restarts and outages.
+
+The failures both databases share are tested in tests/conformance/test_errors.py.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import asyncpg
 import pytest
 
-from linkvault.domain import (
-    ConnectionStatus,
-    CredentialType,
-    ProviderConnection,
-    ProviderCredentials,
-)
 from linkvault.errors import (
     ConstraintViolationError,
     DatabaseError,
     DatabaseUnavailableError,
-    LinkvaultError,
     SchemaError,
-    StaleConnectionError,
 )
 from linkvault.stores.postgres import PostgresConnectionRepository
+from tests.factories import PORT_CALLS, active, assert_translated, raised_by
 from tests.pg_cluster import (  # noqa: F401  (fixtures used by name)
     PrivateCluster,
     private_postgres_fixture,
     running_private_postgres_fixture,
 )
 
-if TYPE_CHECKING:
-    from tests.conftest import PostgresServer
-
 pytestmark = pytest.mark.postgres
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/postgres"
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SECRET_ALIAS = "alias-7f3c9e-do-not-leak"
-SECRET_BLOB = b"blob-51d0a2-do-not-leak"
 LOCK_ROW = "SELECT 1 FROM provider_connections WHERE id = $1 FOR UPDATE"
-
-PortCall = Callable[[PostgresConnectionRepository], Awaitable[object]]
-
-
-def active(alias: str | None = "main", blob: bytes = b"sealed") -> ProviderConnection:
-    return ProviderConnection(
-        user_id=uuid4(),
-        provider_id=uuid4(),
-        provider_slug="schwab",
-        alias=alias,
-        status=ConnectionStatus.ACTIVE,
-        credentials=ProviderCredentials(blob, CredentialType.OAUTH2, NOW),
-        connected_at=NOW,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
-def stored_copy(connection: ProviderConnection) -> ProviderConnection:
-    copy = active(connection.alias)
-    copy.id = connection.id
-    copy.version = 1
-    return copy
-
-
-PORT_CALLS: dict[str, PortCall] = {
-    "find_by_id": lambda r: r.find_by_id(uuid4()),
-    "find_by_user_id": lambda r: r.find_by_user_id(uuid4()),
-    "find_by_user_and_provider": lambda r: r.find_by_user_and_provider(uuid4(), uuid4()),
-    "find_active_by_user": lambda r: r.find_active_by_user(uuid4()),
-    "find_expiring_soon": lambda r: r.find_expiring_soon(30),
-    "save (insert)": lambda r: r.save(active()),
-    "save (update)": lambda r: r.save(stored_copy(active())),
-    "delete": lambda r: r.delete(uuid4()),
-}
-
-
-def assert_translated(exc: BaseException, expected: type[DatabaseError]) -> BaseException:
-    assert isinstance(exc, expected), f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
-    cause = exc.__cause__
-    assert cause is not None, "the driver's error must be chained as __cause__"
-    assert not isinstance(cause, LinkvaultError)
-    return cause
-
-
-async def raised_by(call: Awaitable[object]) -> BaseException:
-    try:
-        await call
-    except BaseException as exc:
-        return exc
-    raise AssertionError("the call did not fail")
 
 
 @pytest.fixture
@@ -112,28 +51,6 @@ async def repo(postgres_url: str) -> AsyncIterator[PostgresConnectionRepository]
 # --- an unreachable server ---------------------------------------------------
 
 
-async def test_connecting_to_a_closed_port_raises_database_unavailable() -> None:
-    started = time.monotonic()
-
-    exc = await raised_by(PostgresConnectionRepository.connect(CLOSED_PORT_URL))
-
-    assert isinstance(assert_translated(exc, DatabaseUnavailableError), OSError)
-    assert time.monotonic() - started < 5
-
-
-@pytest.mark.parametrize("method", PORT_CALLS)
-async def test_every_port_method_on_an_unreachable_server_raises_database_unavailable(
-    method: str,
-) -> None:
-    pool = await asyncpg.create_pool(CLOSED_PORT_URL, min_size=0, max_size=1, timeout=2)
-    try:
-        exc = await raised_by(PORT_CALLS[method](PostgresConnectionRepository(pool)))
-    finally:
-        await pool.close()
-
-    assert isinstance(assert_translated(exc, DatabaseUnavailableError), OSError)
-
-
 async def test_a_transaction_on_an_unreachable_server_raises_database_unavailable() -> None:
     pool = await asyncpg.create_pool(CLOSED_PORT_URL, min_size=0, max_size=1, timeout=2)
     repo = PostgresConnectionRepository(pool)
@@ -148,112 +65,6 @@ async def test_a_transaction_on_an_unreachable_server_raises_database_unavailabl
         await pool.close()
 
     assert_translated(exc, DatabaseUnavailableError)
-
-
-# --- a missing schema --------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", PORT_CALLS)
-async def test_every_port_method_on_an_unmigrated_database_raises_schema_error(
-    method: str, postgres_server: PostgresServer
-) -> None:
-    url = await postgres_server.create_database(migrated=False)
-    async with await PostgresConnectionRepository.connect(url, max_size=1) as repo:
-        exc = await raised_by(PORT_CALLS[method](repo))
-
-    assert isinstance(assert_translated(exc, SchemaError), asyncpg.UndefinedTableError)
-
-
-async def test_checking_the_schema_of_an_unmigrated_database_raises_schema_error(
-    postgres_server: PostgresServer,
-) -> None:
-    url = await postgres_server.create_database(migrated=False)
-    async with await PostgresConnectionRepository.connect(url, max_size=1) as repo:
-        with pytest.raises(SchemaError):
-            await repo.check_schema()
-
-
-async def test_a_dropped_column_raises_schema_error(
-    repo: PostgresConnectionRepository, raw: asyncpg.Connection
-) -> None:
-    await raw.execute("ALTER TABLE provider_connections DROP COLUMN status_reason")
-
-    for method in ("find_by_id", "save (insert)", "save (update)"):
-        exc = await raised_by(PORT_CALLS[method](repo))
-        assert isinstance(assert_translated(exc, SchemaError), asyncpg.UndefinedColumnError)
-
-
-# --- a violated constraint ---------------------------------------------------
-
-
-async def test_an_empty_provider_slug_that_bypassed_the_domain_violates_a_check(
-    repo: PostgresConnectionRepository,
-) -> None:
-    connection = active()
-    connection.provider_slug = ""  # the domain would refuse it; the CHECK must too
-
-    exc = await raised_by(repo.save(connection))
-
-    assert isinstance(assert_translated(exc, ConstraintViolationError), asyncpg.CheckViolationError)
-    assert connection.version == 0
-    assert await repo.find_by_id(connection.id) is None
-
-
-async def test_an_active_connection_without_credentials_violates_a_check_on_update(
-    repo: PostgresConnectionRepository,
-) -> None:
-    connection = active()
-    await repo.save(connection)
-    connection.credentials = None
-
-    exc = await raised_by(repo.save(connection))
-
-    assert isinstance(assert_translated(exc, ConstraintViolationError), asyncpg.CheckViolationError)
-    stored = await repo.find_by_id(connection.id)
-    assert stored is not None
-    assert stored.credentials is not None
-    assert stored.version == connection.version == 1
-
-
-async def test_a_unique_index_added_outside_linkvault_raises_constraint_violation(
-    repo: PostgresConnectionRepository, raw: asyncpg.Connection
-) -> None:
-    await raw.execute(
-        "CREATE UNIQUE INDEX one_alias ON provider_connections (user_id, provider_id, alias)"
-    )
-    first = active("shared")
-    await repo.save(first)
-    second = active("shared")
-    second.user_id, second.provider_id = first.user_id, first.provider_id
-
-    exc = await raised_by(repo.save(second))
-
-    assert isinstance(
-        assert_translated(exc, ConstraintViolationError), asyncpg.UniqueViolationError
-    )
-
-
-async def test_a_row_inserted_by_another_client_between_build_and_save_is_not_overwritten(
-    repo: PostgresConnectionRepository, raw: asyncpg.Connection
-) -> None:
-    mine = active("mine")
-    await raw.execute(
-        "INSERT INTO provider_connections (id, user_id, provider_id, provider_slug, alias,"
-        " status, created_at, updated_at, version)"
-        " VALUES ($1, $2, $3, 'other', 'theirs', 'pending', now(), now(), 7)",
-        mine.id,
-        uuid4(),
-        uuid4(),
-    )
-
-    with pytest.raises(StaleConnectionError):
-        await repo.save(mine)
-
-    row = await raw.fetchrow(
-        "SELECT alias, version FROM provider_connections WHERE id = $1", mine.id
-    )
-    assert row is not None
-    assert (row["alias"], row["version"]) == ("theirs", 7)
 
 
 # --- refusals of the server --------------------------------------------------
@@ -333,60 +144,6 @@ async def test_a_role_without_privileges_gets_a_database_error(
         exc = await raised_by(repo.find_by_id(uuid4()))
 
     assert isinstance(assert_translated(exc, DatabaseError), asyncpg.InsufficientPrivilegeError)
-
-
-# --- secrets stay out of messages -------------------------------------------
-
-
-def _leaks(message: str) -> list[str]:
-    forms = [SECRET_ALIAS, SECRET_BLOB.decode(), SECRET_BLOB.hex(), repr(SECRET_BLOB)]
-    return [form for form in forms if form in message]
-
-
-async def _check_violation(repo: PostgresConnectionRepository, raw: asyncpg.Connection) -> None:
-    connection = active(SECRET_ALIAS, SECRET_BLOB)
-    connection.provider_slug = ""
-    await repo.save(connection)
-
-
-async def _unique_violation(repo: PostgresConnectionRepository, raw: asyncpg.Connection) -> None:
-    await raw.execute(
-        "CREATE UNIQUE INDEX one_alias ON provider_connections (user_id, provider_id, alias)"
-    )
-    first = active(SECRET_ALIAS, SECRET_BLOB)
-    await repo.save(first)
-    second = active(SECRET_ALIAS, SECRET_BLOB)
-    second.user_id, second.provider_id = first.user_id, first.provider_id
-    await repo.save(second)
-
-
-async def _unencodable_value(repo: PostgresConnectionRepository, raw: asyncpg.Connection) -> None:
-    connection = active(SECRET_ALIAS, SECRET_BLOB)
-    assert connection.credentials is not None
-    # A caller that bypassed the value object: the driver cannot encode the value.
-    object.__setattr__(connection.credentials, "encrypted_data", SECRET_BLOB.decode())
-    await repo.save(connection)
-
-
-async def _unencodable_alias(repo: PostgresConnectionRepository, raw: asyncpg.Connection) -> None:
-    connection = active(SECRET_ALIAS, SECRET_BLOB)
-    connection.alias = SECRET_ALIAS.encode()  # type: ignore[assignment]
-    await repo.save(connection)
-
-
-@pytest.mark.parametrize(
-    "failure", [_check_violation, _unique_violation, _unencodable_value, _unencodable_alias]
-)
-async def test_no_database_error_message_contains_parameter_values(
-    failure: Callable[[PostgresConnectionRepository, asyncpg.Connection], Awaitable[None]],
-    repo: PostgresConnectionRepository,
-    raw: asyncpg.Connection,
-) -> None:
-    exc = await raised_by(failure(repo, raw))
-
-    assert_translated(exc, DatabaseError)
-    assert _leaks(str(exc)) == [], str(exc)
-    assert _leaks(repr(exc)) == []
 
 
 # --- a server that goes away and comes back ---------------------------------

@@ -4,27 +4,21 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import asyncpg
 import pytest
 
-from linkvault.domain import (
-    ConnectionStatus,
-    CredentialType,
-    ProviderConnection,
-    ProviderCredentials,
-)
+from linkvault.domain import ProviderConnection
 from linkvault.errors import StaleConnectionError
 from linkvault.stores.postgres import PostgresConnectionRepository
+from tests.factories import active
 
 pytestmark = pytest.mark.postgres
 
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -198,23 +192,9 @@ async def tapped_repo(
         yield repo
 
 
-def active(alias: str = "main") -> ProviderConnection:
-    return ProviderConnection(
-        user_id=uuid4(),
-        provider_id=uuid4(),
-        provider_slug="schwab",
-        alias=alias,
-        status=ConnectionStatus.ACTIVE,
-        credentials=ProviderCredentials(b"sealed", CredentialType.OAUTH2, None),
-        connected_at=NOW,
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
 async def warm_up(repo: PostgresConnectionRepository) -> None:
     """Prepare the insert and update statements once on the pooled connection."""
-    connection = active()
+    connection = active(expires_at=None)
     await repo.save(connection)
     connection.rename("warm")
     await repo.save(connection)
@@ -252,7 +232,7 @@ async def test_the_first_save_on_a_connection_runs_one_statement(
     await settle()
     tap.clear()
 
-    await tapped_repo.save(active())
+    await tapped_repo.save(active(expires_at=None))
     await settle()
 
     linkvault_sql = [s for s in tap.statements() if "provider_connections" in s]
@@ -265,7 +245,7 @@ async def test_saving_a_new_connection_sends_one_statement_in_one_round_trip(
 ) -> None:
     await warm_up(tapped_repo)
     await settle()
-    connection = active()
+    connection = active(expires_at=None)
     tap.clear()
 
     await tapped_repo.save(connection)
@@ -281,7 +261,7 @@ async def test_saving_a_stored_connection_sends_one_statement_in_one_round_trip(
     tap: WireTap, tapped_repo: PostgresConnectionRepository, postgres_url: str
 ) -> None:
     await warm_up(tapped_repo)
-    connection = active()
+    connection = active(expires_at=None)
     await tapped_repo.save(connection)
     connection.rename("renamed")
     await settle()
@@ -303,7 +283,7 @@ async def test_a_stale_save_sends_one_statement_and_leaves_the_row_unchanged(
     tap: WireTap, tapped_repo: PostgresConnectionRepository, postgres_url: str
 ) -> None:
     await warm_up(tapped_repo)
-    connection = active()
+    connection = active(expires_at=None)
     await tapped_repo.save(connection)
     first = await tapped_repo.find_by_id(connection.id)
     second = await tapped_repo.find_by_id(connection.id)
@@ -332,10 +312,10 @@ async def test_saving_a_new_connection_whose_id_is_taken_sends_one_statement(
     tap: WireTap, tapped_repo: PostgresConnectionRepository, postgres_url: str
 ) -> None:
     await warm_up(tapped_repo)
-    original = active("original")
+    original = active("original", expires_at=None)
     await tapped_repo.save(original)
     before = await stored_row(postgres_url, original)
-    impostor = active("impostor")
+    impostor = active("impostor", expires_at=None)
     impostor.id = original.id
     await settle()
     tap.clear()
@@ -353,7 +333,7 @@ async def test_the_tap_sees_every_statement_a_select_then_write_would_send(
     tap: WireTap, tapped_repo: PostgresConnectionRepository
 ) -> None:
     await warm_up(tapped_repo)
-    connection = active()
+    connection = active(expires_at=None)
     await settle()
     tap.clear()
 

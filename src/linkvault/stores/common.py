@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
+from typing import Self
 from uuid import UUID
 
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
+
+
+class ClosingOnExit:
+    """`async with store:` closes the store on the way out."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
 
 # A year: far beyond any refresh horizon, and small enough for every datetime to hold.
 MAX_MINUTES = 366 * 24 * 60
@@ -23,6 +44,8 @@ def check_minutes(minutes: int) -> int:
 
 
 MAX_PAGE = 1000
+# What a circuit keeps of a provider's last error.
+MAX_CIRCUIT_ERROR = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,6 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Self
 from uuid import UUID
 
 from linkvault.domain import (
@@ -20,8 +18,10 @@ from linkvault.domain import (
 )
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.stores.common import (
+    MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
+    ClosingOnExit,
     ConnectionFilter,
     PendingAuthorization,
     RefreshBacklog,
@@ -88,7 +88,7 @@ def _ordered(rows: list[ProviderConnection]) -> list[ProviderConnection]:
     return sorted(rows, key=lambda c: (c.created_at, c.id))
 
 
-class InMemoryConnectionRepository:
+class InMemoryConnectionRepository(ClosingOnExit):
     """The repository port in a dict: same semantics as the database stores, no I/O."""
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
@@ -102,17 +102,6 @@ class InMemoryConnectionRepository:
 
     async def close(self) -> None:
         return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryConnectionRepository]:
@@ -466,7 +455,7 @@ class InMemoryConnectionRepository:
             c = self._circuits.setdefault(provider_slug, _Circuit())
             stale = c.updated_at is None or c.updated_at < now - window
             c.failures = 1 if stale else c.failures + 1
-            c.error, c.updated_at = error[:500], now
+            c.error, c.updated_at = error[:MAX_CIRCUIT_ERROR], now
             return CircuitCount(c.failures, c.opened, c.open_until)
 
     async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:

@@ -11,45 +11,26 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 from uuid import UUID, SafeUUID
 
-from linkvault.domain import (
-    Clock,
-    ProviderConnection,
-    ProviderCredentials,
-    utc_now,
-)
+from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, utc_now
 from linkvault.errors import (
     ConstraintViolationError,
     DatabaseError,
     DatabaseUnavailableError,
     InvalidArgumentError,
     LinkvaultError,
-    NotFoundError,
     SchemaError,
-    StaleConnectionError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import (
-    CircuitCount,
-    Claim,
-    ConnectionFilter,
-    PendingAuthorization,
-    RefreshBacklog,
-    check_limit,
-    check_minutes,
-    check_owner,
-    list_query,
-    lost_attempt,
-)
-from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
+from linkvault.stores.engine import Row, Statement, StoreEngine
+from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
 T = TypeVar("T")
 
@@ -66,12 +47,12 @@ def from_micros(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + value * _MICROSECOND
 
 
-def _uuid(raw: bytes) -> UUID:
+def _uuid(value: bytes) -> UUID:
     # UUID(bytes=...) re-validates what the schema's length checks already guarantee.
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", int.from_bytes(raw, "big"))
-    object.__setattr__(value, "is_safe", SafeUUID.unknown)
-    return value
+    uuid = object.__new__(UUID)
+    object.__setattr__(uuid, "int", int.from_bytes(value, "big"))
+    object.__setattr__(uuid, "is_safe", SafeUUID.unknown)
+    return uuid
 
 
 def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
@@ -96,7 +77,7 @@ def translate_error(exc: BaseException, operation: str) -> LinkvaultError:
     return DatabaseError(f"{operation} failed: {detail}")
 
 
-def row_to_connection(row: Sequence[Any]) -> ProviderConnection:
+def row_to_connection(row: Row) -> ProviderConnection:
     """Build the entity from a row in the column order of the named queries."""
     blob = row[8]
     return ProviderConnection.restore(
@@ -116,27 +97,6 @@ def row_to_connection(row: Sequence[Any]) -> ProviderConnection:
     )
 
 
-def connection_params(c: ProviderConnection) -> tuple[Any, ...]:
-    """The entity's column values in the order of the named queries (version excluded)."""
-    creds = c.credentials
-    return (
-        c.id.bytes,
-        c.user_id.bytes,
-        c.provider_id.bytes,
-        c.provider_slug,
-        c.alias,
-        c.status.value,
-        c.status_reason,
-        None if creds is None else creds.credential_type.value,
-        None if creds is None else creds.encrypted_data,
-        None if creds is None else to_micros(creds.expires_at),
-        to_micros(c.connected_at),
-        to_micros(c.last_sync_at),
-        to_micros(c.created_at),
-        to_micros(c.updated_at),
-    )
-
-
 def split_statements(script: str) -> list[str]:
     """Split a SQL script into complete statements (executescript would commit midway)."""
     statements: list[str] = []
@@ -153,12 +113,6 @@ def split_statements(script: str) -> list[str]:
     ):
         raise ValueError("the script ends with an incomplete statement")
     return statements
-
-
-def _claim(row: Sequence[Any]) -> Claim:
-    return Claim(
-        row_to_connection(row), int(row[15]), lost_attempt(from_micros(row[16]), row[17], row[18])
-    )
 
 
 class _Worker:
@@ -207,8 +161,11 @@ class _Worker:
             self._executor.shutdown(wait=False)
 
 
-class SqliteConnectionRepository:
+class SqliteConnectionRepository(StoreEngine):
     """The repository port on a SQLite file; bound to one connection inside a transaction."""
+
+    _dialect = "sqlite"
+    _q = _Q
 
     def __init__(
         self,
@@ -258,17 +215,6 @@ class SqliteConnectionRepository:
         for worker in self._workers:
             await worker.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # --- plumbing ------------------------------------------------------------
 
     async def _call(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -286,10 +232,6 @@ class SqliteConnectionRepository:
             raise translate_error(exc, operation) from exc
         finally:
             self._idle.put_nowait(worker)
-
-    async def _many(self, operation: str, query: str, *args: Any) -> list[ProviderConnection]:
-        rows = await self._call(operation, lambda db: db.execute(query, args).fetchall())
-        return [row_to_connection(r) for r in rows]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteConnectionRepository]:
@@ -328,104 +270,32 @@ class SqliteConnectionRepository:
         finally:
             self._idle.put_nowait(worker)
 
-    # --- the port ------------------------------------------------------------
+    # --- the dialect's primitives -------------------------------------------
 
-    async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
-        query, key = _Q["find_by_id"], connection_id.bytes
-        row = await self._call("find_by_id", lambda db: db.execute(query, (key,)).fetchone())
-        return None if row is None else row_to_connection(row)
+    def _fetch(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Sequence[Row]]:
+        return self._call(operation, lambda db: db.execute(query, args).fetchall())
 
-    async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
-        return await self._many("find_by_user_id", _Q["find_by_user_id"], user_id.bytes)
+    def _fetchrow(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Row | None]:
+        return self._call(operation, lambda db: db.execute(query, args).fetchone())
 
-    async def find_by_user_and_provider(
-        self, user_id: UUID, provider_id: UUID
-    ) -> list[ProviderConnection]:
-        return await self._many(
-            "find_by_user_and_provider",
-            _Q["find_by_user_and_provider"],
-            user_id.bytes,
-            provider_id.bytes,
-        )
+    def _fetchval(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Any]:
+        return self._call(operation, lambda db: _first(db.execute(query, args).fetchone()))
 
-    async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
-        return await self._many("find_active_by_user", _Q["find_active_by_user"], user_id.bytes)
+    def _execute(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[None]:
+        return self._call(operation, lambda db: _run(db, ((query, args),)))
 
-    async def save(self, connection: ProviderConnection) -> None:
-        params = connection_params(connection)
-        expected = connection.version
-        if expected == 0:
-            query, args = _Q["insert"], params
-        else:
-            query, args = _Q["update"], (*params, expected)
+    def _execute_all(self, operation: str, statements: Sequence[Statement]) -> Awaitable[None]:
+        return self._call(operation, lambda db: _run(db, statements))
 
-        def run(db: sqlite3.Connection) -> int | None:
-            row = db.execute(query, args).fetchone()
-            return None if row is None else int(row[0])
-
-        version = await self._call("save", run)
-        if version is None:
-            raise StaleConnectionError(connection.id, expected)
-        connection.version = version
-
-    async def delete(self, connection_id: UUID) -> None:
-        query, key = _Q["delete"], connection_id.bytes
-        row = await self._call("delete", lambda db: db.execute(query, (key,)).fetchone())
-        if row is None:
-            raise NotFoundError(connection_id)
-
-    async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
-        horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
-        return await self._many("find_expiring_soon", _Q["find_expiring_soon"], to_micros(horizon))
-
-    # --- beyond the port -------------------------------------------------------
-
-    async def list_connections(
-        self,
-        where: ConnectionFilter | None = None,
-        *,
-        after: UUID | None = None,
-        limit: int = 100,
-    ) -> list[ProviderConnection]:
-        """One page of connections in id order, after the cursor `after`."""
-        f = where or ConnectionFilter()
-        return await self._many(
-            "list_connections",
-            _Q[list_query(f)],
-            f.user_id.bytes if f.user_id else None,
-            f.provider_id.bytes if f.provider_id else None,
-            f.status.value if f.status else None,
-            to_micros(f.expiring_before),
-            after.bytes if after else None,
-            check_limit(limit),
-        )
-
-    async def claim_due(
-        self,
-        owner: str,
-        *,
-        horizon: timedelta,
-        lease: timedelta,
-        limit: int,
-        max_failures: int,
-        paused: Sequence[str] = (),
-    ) -> list[Claim]:
-        """Lease up to `limit` due connections: lost attempts first, then by expiry.
-
-        Connections of the `paused` providers (an open circuit) are left alone.
-        """
-        now, owner, limit = self._clock(), check_owner(owner), check_limit(limit)
-        skip = json.dumps(list(paused))
-        lost_q, due_q = _Q["claim_lost"], _Q["claim_due"]
-        until = to_micros(now + lease)
-        lost_args = (to_micros(now), max_failures, limit, owner, until, skip)
-
+    def _claim_rows(
+        self, lost: Statement, due: Callable[[int], Statement], limit: int
+    ) -> Awaitable[Sequence[Row]]:
         def claim(db: sqlite3.Connection) -> list[Any]:
-            rows = db.execute(lost_q, lost_args).fetchall()
+            # RETURNING gives no order: lost attempts oldest first, then by expiry.
+            rows = db.execute(*lost).fetchall()
             rows.sort(key=lambda r: r[16])
             if len(rows) < limit:
-                args = (to_micros(now + horizon), to_micros(now), max_failures)
-                more = db.execute(due_q, (*args, limit - len(rows), owner, until, skip)).fetchall()
+                more = db.execute(*due(limit - len(rows))).fetchall()
                 more.sort(key=lambda r: r[9])
                 rows.extend(more)
             return rows
@@ -442,215 +312,25 @@ class SqliteConnectionRepository:
             db.execute("COMMIT")
             return rows
 
-        return [_claim(r) for r in await self._call("claim_due", run)]
+        return self._call("claim_due", run)
 
-    async def claim_connection(
-        self, connection_id: UUID, owner: str, *, lease: timedelta
-    ) -> Claim | None:
-        """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
-        now = self._clock()
-        query = _Q["claim_connection"]
-        args = (connection_id.bytes, check_owner(owner), to_micros(now), to_micros(now + lease))
-        row = await self._call("claim_connection", lambda db: db.execute(query, args).fetchone())
-        return None if row is None else _claim(row)
+    _row_to_connection = staticmethod(row_to_connection)
 
-    async def begin_attempt(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        lease: timedelta,
-        fingerprint: str,
-        credentials: bytes,
-    ) -> datetime | None:
-        """Fence and record a refresh request about to be sent; its first time, or None.
+    @staticmethod
+    def _key(value: UUID) -> bytes:
+        return value.bytes
 
-        None: the lease is no longer this worker's, or the grant changed: send nothing.
-        """
-        now = self._clock()
-        query = _Q["begin_attempt"]
-        args = (
-            connection_id.bytes,
-            owner,
-            to_micros(now),
-            to_micros(now + lease),
-            fingerprint,
-            credentials,
-        )
-        row = await self._call("begin_attempt", lambda db: db.execute(query, args).fetchone())
-        return None if row is None else from_micros(row[0])
+    _time = staticmethod(to_micros)
+    _uuid = staticmethod(_uuid)
 
-    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
-        """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
-        now = self._clock()
-        query = _Q["extend_lease"]
-        args = (connection_id.bytes, owner, to_micros(now), to_micros(now + lease))
-        row = await self._call("extend_lease", lambda db: db.execute(query, args).fetchone())
-        return row is not None
+    @staticmethod
+    def _at(value: int) -> datetime:
+        return _EPOCH + value * _MICROSECOND
 
-    async def complete_refresh(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        started_from: bytes,
-        credentials: ProviderCredentials,
-        next_refresh_at: datetime | None,
-    ) -> bool:
-        """Store refreshed credentials and close the lease in one statement.
-
-        Applied only while the row still holds the grant `started_from`; False otherwise.
-        """
-        query = _Q["complete_refresh"]
-        args = (
-            connection_id.bytes,
-            owner,
-            started_from,
-            credentials.encrypted_data,
-            to_micros(credentials.expires_at),
-            to_micros(self._clock()),
-            to_micros(next_refresh_at),
-        )
-        row = await self._call("complete_refresh", lambda db: db.execute(query, args).fetchone())
-        return row is not None
-
-    async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
-        """A request whose answer never came: keep its record, hand the row back for a replay."""
-        query, args = _Q["record_lost"], (connection_id.bytes, owner, how, error)
-        row = await self._call("record_lost", lambda db: db.execute(query, args).fetchone())
-        return row is not None
-
-    async def finish_claim(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        succeeded: bool,
-        next_attempt_at: datetime | None = None,
-        error: str | None = None,
-    ) -> int | None:
-        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
-        query = _Q["finish_claim"]
-        args = (connection_id.bytes, owner, succeeded, to_micros(next_attempt_at), error)
-        row = await self._call("finish_claim", lambda db: db.execute(query, args).fetchone())
-        return None if row is None else int(row[0])
-
-    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
-        """Hand back leases never started, keeping their schedule."""
-        query = _Q["release_claims"]
-        ids = json.dumps([i.bytes.hex().upper() for i in connection_ids])
-        await self._call("release_claims", lambda db: db.execute(query, (ids, owner)))
-
-    async def refresh_backlog(
-        self, horizon: timedelta, *, max_failures: int | None = None
-    ) -> RefreshBacklog:
-        """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
-        now = self._clock()
-        query = _Q["refresh_backlog"]
-        args = (to_micros(now + horizon), to_micros(now), max_failures)
-        row = await self._call("refresh_backlog", lambda db: db.execute(query, args).fetchone())
-        return RefreshBacklog(int(row[0]), int(row[1]), from_micros(row[2]))
-
-    async def open_circuits(self) -> dict[str, datetime]:
-        """Providers whose circuit is open now, and until when."""
-        query, now = _Q["open_circuits"], to_micros(self._clock())
-        rows = await self._call("open_circuits", lambda db: db.execute(query, (now,)).fetchall())
-        return {r[0]: _EPOCH + r[1] * _MICROSECOND for r in rows}
-
-    async def circuit_failure(
-        self, provider_slug: str, *, window: timedelta, error: str
-    ) -> CircuitCount:
-        """Count a failure at a provider (failures older than `window` start afresh)."""
-        now = self._clock()
-        query = _Q["circuit_failure"]
-        args = (provider_slug, to_micros(now), to_micros(now - window), error[:500])
-        row = await self._call("circuit_failure", lambda db: db.execute(query, args).fetchone())
-        return CircuitCount(int(row[0]), int(row[1]), from_micros(row[2]))
-
-    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
-        """Open a provider's circuit until `until`, unless another worker just did."""
-        query = _Q["open_circuit"]
-        args = (provider_slug, to_micros(until), opened, to_micros(self._clock()))
-        row = await self._call("open_circuit", lambda db: db.execute(query, args).fetchone())
-        return row is not None
-
-    async def close_circuit(self, provider_slug: str) -> bool:
-        """Close a provider's circuit after a success; False when it was not failing."""
-        query = _Q["close_circuit"]
-        row = await self._call(
-            "close_circuit", lambda db: db.execute(query, (provider_slug,)).fetchone()
-        )
-        return row is not None
-
-    async def find_sealed_outside(
-        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
-    ) -> list[ProviderConnection]:
-        """Connections holding credentials whose blob does not start with `prefix`, in id order."""
-        return await self._many(
-            "find_sealed_outside",
-            _Q["find_sealed_outside"],
-            prefix,
-            after.bytes if after else None,
-            check_limit(limit),
-        )
-
-    async def count_sealed_outside(self, prefixes: Sequence[bytes]) -> int:
-        """How many connections hold credentials starting with none of `prefixes`."""
-        query = _Q["count_sealed_outside"]
-        headers = json.dumps([p.hex().upper() for p in prefixes])
-        row = await self._call(
-            "count_sealed_outside", lambda db: db.execute(query, (headers,)).fetchone()
-        )
-        return int(row[0])
-
-    async def count_states_sealed_with(self, prefix: bytes) -> int:
-        """How many unexpired pending authorizations were sealed under the key of `prefix`."""
-        query, args = _Q["count_states_sealed_with"], (prefix, to_micros(self._clock()))
-        row = await self._call(
-            "count_states_sealed_with", lambda db: db.execute(query, args).fetchone()
-        )
-        return int(row[0])
-
-    async def count_sealed_with(self, prefix: bytes) -> int:
-        """How many connections hold credentials whose blob starts with `prefix`."""
-        query = _Q["count_sealed_with"]
-        row = await self._call(
-            "count_sealed_with", lambda db: db.execute(query, (prefix,)).fetchone()
-        )
-        return int(row[0])
-
-    async def put_state(self, pending: PendingAuthorization) -> None:
-        """Keep a pending authorization until its callback (or its expiry)."""
-        p = pending
-        args = (
-            p.state_hash,
-            p.connection_id.bytes,
-            p.sealed_verifier,
-            p.redirect_uri,
-            p.return_to,
-            to_micros(p.created_at),
-            to_micros(p.expires_at),
-        )
-        put, purge = _Q["put_state"], _Q["purge_states"]
-
-        def run(db: sqlite3.Connection) -> None:
-            db.execute(purge, (to_micros(p.created_at),))
-            db.execute(put, args)
-
-        await self._call("put_state", run)
-
-    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
-        """Remove and return the pending authorization with this state hash (single use)."""
-        query = _Q["take_state"]
-        row = await self._call("take_state", lambda db: db.execute(query, (state_hash,)).fetchone())
-        if row is None:
-            return None
-        created, expires = from_micros(row[4]), from_micros(row[5])
-        assert created is not None
-        assert expires is not None
-        return PendingAuthorization(
-            state_hash, UUID(bytes=row[0]), row[1], row[2], row[3], created, expires
-        )
+    @staticmethod
+    def _list(values: Sequence[Any]) -> str:
+        # JSON for json_each(): keys and byte strings as the hex() of their bytes.
+        return json.dumps([v.hex().upper() if isinstance(v, bytes) else v for v in values])
 
     # --- schema --------------------------------------------------------------
 
@@ -699,15 +379,6 @@ class SqliteConnectionRepository:
 
         return await self._call("reading the schema version", run)
 
-    async def check_schema(self) -> None:
-        """Raise SchemaError unless every migration of this linkvault has been applied."""
-        current, needed = await self.schema_version(), latest_version("sqlite")
-        if current < needed:
-            raise SchemaError(
-                f"the database schema is at version {current}, this linkvault needs {needed}: "
-                "run `linkvault migrate`"
-            )
-
 
 def _create_private(path: str) -> None:
     # sqlite3 would create the file with the umask's mode (0644): credentials stay owner-only.
@@ -726,3 +397,12 @@ def _probe(db: sqlite3.Connection) -> None:
 def _rollback(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         db.execute("ROLLBACK")
+
+
+def _first(row: Sequence[Any] | None) -> Any:
+    return None if row is None else row[0]
+
+
+def _run(db: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    for query, args in statements:
+        db.execute(query, args)

@@ -1,0 +1,414 @@
+"""One store engine: every repository method written once, over a dialect's primitives.
+
+A dialect (postgres.py, sqlite.py) supplies the driver calls, its named queries, the
+conversion of values to parameters and of columns to values, transactions and migrations.
+A primitive returns the dialect's call itself, not a coroutine of its own: the engine adds
+no await to a call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+from linkvault.domain import Clock, ProviderConnection, ProviderCredentials
+from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
+from linkvault.stores.common import (
+    MAX_CIRCUIT_ERROR,
+    CircuitCount,
+    Claim,
+    ClosingOnExit,
+    ConnectionFilter,
+    PendingAuthorization,
+    RefreshBacklog,
+    check_limit,
+    check_minutes,
+    check_owner,
+    list_query,
+    lost_attempt,
+)
+from linkvault.stores.migrations import latest_version
+
+
+class Row(Protocol):
+    """A result row of either driver: its columns by position."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class StoreEngine(ClosingOnExit):
+    """The repository methods over a dialect: subclasses supply the primitives below."""
+
+    _dialect: str
+    _q: Mapping[str, str]
+    _clock: Clock
+
+    # --- what a dialect supplies ---------------------------------------------
+
+    def _fetch(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Sequence[Row]]:
+        raise NotImplementedError
+
+    def _fetchrow(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Row | None]:
+        raise NotImplementedError
+
+    def _fetchval(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Any]:
+        """The first column of the first row, or None when there is no row."""
+        raise NotImplementedError
+
+    def _execute(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[None]:
+        raise NotImplementedError
+
+    def _execute_all(self, operation: str, statements: Sequence[Statement]) -> Awaitable[None]:
+        """Run statements in order on one connection."""
+        raise NotImplementedError
+
+    def _claim_rows(
+        self, lost: Statement, due: Callable[[int], Statement], limit: int
+    ) -> Awaitable[Sequence[Row]]:
+        """Rows of `lost`, then of `due(limit - found)` while fewer than `limit` were found."""
+        raise NotImplementedError
+
+    def _row_to_connection(self, row: Row) -> ProviderConnection:
+        raise NotImplementedError
+
+    def _key(self, value: UUID) -> Any:
+        """A UUID as a parameter."""
+        raise NotImplementedError
+
+    def _time(self, value: datetime | None) -> Any:
+        """A timestamp (or None) as a parameter."""
+        raise NotImplementedError
+
+    def _list(self, values: Sequence[Any]) -> Any:
+        """A list of keys (see `_key`), names or byte strings as one parameter."""
+        raise NotImplementedError
+
+    def _uuid(self, value: Any) -> UUID:
+        """A UUID column."""
+        raise NotImplementedError
+
+    def _at(self, value: Any) -> datetime:
+        """A non-null timestamp column."""
+        raise NotImplementedError
+
+    # --- shared plumbing -----------------------------------------------------
+
+    def _maybe_at(self, value: Any) -> datetime | None:
+        return None if value is None else self._at(value)
+
+    def _maybe_key(self, value: UUID | None) -> Any:
+        return None if value is None else self._key(value)
+
+    def _connection_params(self, c: ProviderConnection) -> tuple[Any, ...]:
+        """The entity's column values in the order of the named queries (version excluded)."""
+        creds, key, time = c.credentials, self._key, self._time
+        return (
+            key(c.id),
+            key(c.user_id),
+            key(c.provider_id),
+            c.provider_slug,
+            c.alias,
+            c.status.value,
+            c.status_reason,
+            None if creds is None else creds.credential_type.value,
+            None if creds is None else creds.encrypted_data,
+            None if creds is None else time(creds.expires_at),
+            time(c.connected_at),
+            time(c.last_sync_at),
+            time(c.created_at),
+            time(c.updated_at),
+        )
+
+    def _claim(self, row: Row) -> Claim:
+        at = self._maybe_at(row[16])
+        return Claim(self._row_to_connection(row), int(row[15]), lost_attempt(at, row[17], row[18]))
+
+    # The named query of the operation of the same name, with its positional arguments.
+
+    def _rows(self, name: str, *args: Any) -> Awaitable[Sequence[Row]]:
+        return self._fetch(name, self._q[name], args)
+
+    def _row(self, name: str, *args: Any) -> Awaitable[Row | None]:
+        return self._fetchrow(name, self._q[name], args)
+
+    def _value(self, name: str, *args: Any) -> Awaitable[Any]:
+        return self._fetchval(name, self._q[name], args)
+
+    async def _many(self, name: str, *args: Any) -> list[ProviderConnection]:
+        rows = await self._rows(name, *args)
+        to_connection = self._row_to_connection
+        return [to_connection(r) for r in rows]
+
+    async def _count(self, name: str, *args: Any) -> int:
+        return int(await self._value(name, *args))
+
+    # --- the port ------------------------------------------------------------
+
+    async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
+        row = await self._row("find_by_id", self._key(connection_id))
+        return None if row is None else self._row_to_connection(row)
+
+    async def find_by_user_id(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_by_user_id", self._key(user_id))
+
+    async def find_by_user_and_provider(
+        self, user_id: UUID, provider_id: UUID
+    ) -> list[ProviderConnection]:
+        key = self._key
+        return await self._many("find_by_user_and_provider", key(user_id), key(provider_id))
+
+    async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
+        return await self._many("find_active_by_user", self._key(user_id))
+
+    async def save(self, connection: ProviderConnection) -> None:
+        params = self._connection_params(connection)
+        expected = connection.version
+        if expected == 0:
+            version = await self._fetchval("save", self._q["insert"], params)
+        else:
+            version = await self._fetchval("save", self._q["update"], (*params, expected))
+        if version is None:
+            raise StaleConnectionError(connection.id, expected)
+        connection.version = version
+
+    async def delete(self, connection_id: UUID) -> None:
+        key = self._key(connection_id)
+        if await self._value("delete", key) is None:
+            raise NotFoundError(connection_id)
+
+    async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
+        horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
+        return await self._many("find_expiring_soon", self._time(horizon))
+
+    # --- beyond the port -----------------------------------------------------
+
+    async def list_connections(
+        self,
+        where: ConnectionFilter | None = None,
+        *,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> list[ProviderConnection]:
+        """One page of connections in id order, after the cursor `after`."""
+        f = where or ConnectionFilter()
+        args = (
+            self._maybe_key(f.user_id),
+            self._maybe_key(f.provider_id),
+            f.status.value if f.status else None,
+            self._time(f.expiring_before),
+            self._maybe_key(after),
+            check_limit(limit),
+        )
+        rows = await self._fetch("list_connections", self._q[list_query(f)], args)
+        return [self._row_to_connection(r) for r in rows]
+
+    async def claim_due(
+        self,
+        owner: str,
+        *,
+        horizon: timedelta,
+        lease: timedelta,
+        limit: int,
+        max_failures: int,
+        paused: Sequence[str] = (),
+    ) -> list[Claim]:
+        """Lease up to `limit` due connections: lost attempts first, then by expiry.
+
+        Connections of the `paused` providers (an open circuit) are left alone.
+        """
+        now, owner, limit = self._clock(), check_owner(owner), check_limit(limit)
+        at, until, skip = self._time(now), self._time(now + lease), self._list(paused)
+        lost_args = (at, max_failures, limit, owner, until, skip)
+        due_query, due_by = self._q["claim_due"], self._time(now + horizon)
+
+        def due(remaining: int) -> Statement:
+            return due_query, (due_by, at, max_failures, remaining, owner, until, skip)
+
+        rows = await self._claim_rows((self._q["claim_lost"], lost_args), due, limit)
+        return [self._claim(r) for r in rows]
+
+    async def claim_connection(
+        self, connection_id: UUID, owner: str, *, lease: timedelta
+    ) -> Claim | None:
+        """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
+        now = self._clock()
+        args = (
+            self._key(connection_id),
+            check_owner(owner),
+            self._time(now),
+            self._time(now + lease),
+        )
+        row = await self._row("claim_connection", *args)
+        return None if row is None else self._claim(row)
+
+    async def begin_attempt(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        lease: timedelta,
+        fingerprint: str,
+        credentials: bytes,
+    ) -> datetime | None:
+        """Fence and record a refresh request about to be sent; its first time, or None.
+
+        None: the lease is no longer this worker's, or the grant changed: send nothing.
+        """
+        now, time = self._clock(), self._time
+        key = self._key(connection_id)
+        args = (key, owner, time(now), time(now + lease), fingerprint, credentials)
+        return self._maybe_at(await self._value("begin_attempt", *args))
+
+    async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
+        """Heartbeat: extend a lease `owner` still holds; False when it is gone."""
+        now = self._clock()
+        args = (self._key(connection_id), owner, self._time(now), self._time(now + lease))
+        return await self._value("extend_lease", *args) is not None
+
+    async def complete_refresh(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        started_from: bytes,
+        credentials: ProviderCredentials,
+        next_refresh_at: datetime | None,
+    ) -> bool:
+        """Store refreshed credentials and close the lease in one statement.
+
+        Applied only while the row still holds the grant `started_from`; False otherwise.
+        """
+        args = (
+            self._key(connection_id),
+            owner,
+            started_from,
+            credentials.encrypted_data,
+            self._time(credentials.expires_at),
+            self._time(self._clock()),
+            self._time(next_refresh_at),
+        )
+        return await self._value("complete_refresh", *args) is not None
+
+    async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
+        """A request whose answer never came: keep its record, hand the row back for a replay."""
+        args = (self._key(connection_id), owner, how, error)
+        return await self._value("record_lost", *args) is not None
+
+    async def finish_claim(
+        self,
+        connection_id: UUID,
+        owner: str,
+        *,
+        succeeded: bool,
+        next_attempt_at: datetime | None = None,
+        error: str | None = None,
+    ) -> int | None:
+        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        key, next_at = self._key(connection_id), self._time(next_attempt_at)
+        args = (key, owner, succeeded, next_at, error)
+        value = await self._value("finish_claim", *args)
+        return None if value is None else int(value)
+
+    async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
+        """Hand back leases never started, keeping their schedule."""
+        ids = self._list([self._key(i) for i in connection_ids])
+        await self._execute("release_claims", self._q["release_claims"], (ids, owner))
+
+    async def refresh_backlog(
+        self, horizon: timedelta, *, max_failures: int | None = None
+    ) -> RefreshBacklog:
+        """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
+        now = self._clock()
+        args = (self._time(now + horizon), self._time(now), max_failures)
+        row = await self._row("refresh_backlog", *args)
+        assert row is not None
+        return RefreshBacklog(int(row[0]), int(row[1]), self._maybe_at(row[2]))
+
+    async def open_circuits(self) -> dict[str, datetime]:
+        """Providers whose circuit is open now, and until when."""
+        now = self._time(self._clock())
+        rows = await self._rows("open_circuits", now)
+        return {r[0]: self._at(r[1]) for r in rows}
+
+    async def circuit_failure(
+        self, provider_slug: str, *, window: timedelta, error: str
+    ) -> CircuitCount:
+        """Count a failure at a provider (failures older than `window` start afresh)."""
+        now = self._clock()
+        args = (provider_slug, self._time(now), self._time(now - window), error[:MAX_CIRCUIT_ERROR])
+        row = await self._row("circuit_failure", *args)
+        assert row is not None
+        return CircuitCount(int(row[0]), int(row[1]), self._maybe_at(row[2]))
+
+    async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
+        """Open a provider's circuit until `until`, unless another worker just did."""
+        args = (provider_slug, self._time(until), opened, self._time(self._clock()))
+        return await self._value("open_circuit", *args) is not None
+
+    async def close_circuit(self, provider_slug: str) -> bool:
+        """Close a provider's circuit after a success; False when it was not failing."""
+        return await self._value("close_circuit", provider_slug) is not None
+
+    async def find_sealed_outside(
+        self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
+    ) -> list[ProviderConnection]:
+        """Connections holding credentials whose blob does not start with `prefix`, in id order."""
+        return await self._many(
+            "find_sealed_outside", prefix, self._maybe_key(after), check_limit(limit)
+        )
+
+    async def count_sealed_outside(self, prefixes: Sequence[bytes]) -> int:
+        """How many connections hold credentials starting with none of `prefixes`."""
+        return await self._count("count_sealed_outside", self._list(prefixes))
+
+    async def count_states_sealed_with(self, prefix: bytes) -> int:
+        """How many unexpired pending authorizations were sealed under the key of `prefix`."""
+        return await self._count("count_states_sealed_with", prefix, self._time(self._clock()))
+
+    async def count_sealed_with(self, prefix: bytes) -> int:
+        """How many connections hold credentials whose blob starts with `prefix`."""
+        return await self._count("count_sealed_with", prefix)
+
+    async def put_state(self, pending: PendingAuthorization) -> None:
+        """Keep a pending authorization until its callback (or its expiry)."""
+        p = pending
+        args = (
+            p.state_hash,
+            self._key(p.connection_id),
+            p.sealed_verifier,
+            p.redirect_uri,
+            p.return_to,
+            self._time(p.created_at),
+            self._time(p.expires_at),
+        )
+        purge = (self._q["purge_states"], (self._time(p.created_at),))
+        await self._execute_all("put_state", (purge, (self._q["put_state"], args)))
+
+    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
+        """Remove and return the pending authorization with this state hash (single use)."""
+        row = await self._row("take_state", state_hash)
+        if row is None:
+            return None
+        connection_id, created, expires = self._uuid(row[0]), self._at(row[4]), self._at(row[5])
+        return PendingAuthorization(
+            state_hash, connection_id, row[1], row[2], row[3], created, expires
+        )
+
+    # --- schema --------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        raise NotImplementedError
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless every migration of this linkvault has been applied."""
+        current, needed = await self.schema_version(), latest_version(self._dialect)
+        if current < needed:
+            raise SchemaError(
+                f"the database schema is at version {current}, this linkvault needs {needed}: "
+                "run `linkvault migrate`"
+            )
