@@ -14,6 +14,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from linkvault.errors import InvalidConnectionError, InvalidTransitionError
+from linkvault.events import ConnectionEvent, EventType
 
 Clock = Callable[[], datetime]
 
@@ -173,6 +174,10 @@ class ProviderConnection:
     updated_at: datetime = field(default_factory=utc_now)
     version: int = 0
     status_reason: str | None = None
+    # What happened since the last save: the store writes these with the change itself.
+    _events: list[ConnectionEvent] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for name in ("id", "user_id", "provider_id"):
@@ -238,7 +243,42 @@ class ProviderConnection:
         c.created_at = created_at
         c.updated_at = updated_at
         c.version = version
+        c._events = []
         return c
+
+    # --- events ----------------------------------------------------------------
+
+    def pending_events(self) -> tuple[ConnectionEvent, ...]:
+        """The events of the changes made since this connection was loaded or saved."""
+        return tuple(self._events)
+
+    def events_saved(self) -> None:
+        """Forget the pending events: the store wrote them with the change (stores only)."""
+        self._events.clear()
+
+    def record_event(
+        self,
+        type: EventType,
+        *,
+        reason: str | None = None,
+        now: datetime | None = None,
+        from_status: ConnectionStatus | None = None,
+        data: Mapping[str, object] | None = None,
+    ) -> None:
+        """Note an event about this connection that is not a status change of its own."""
+        self._events.append(
+            ConnectionEvent(
+                type=type,
+                connection_id=self.id,
+                user_id=self.user_id,
+                provider_slug=self.provider_slug,
+                occurred_at=_stamp(now),
+                from_status=None if from_status is None else from_status.value,
+                to_status=self.status.value,
+                reason=reason,
+                data=dict(data or {}),
+            )
+        )
 
     # --- queries -------------------------------------------------------------
 
@@ -268,11 +308,13 @@ class ProviderConnection:
         if not isinstance(credentials, ProviderCredentials):
             raise InvalidConnectionError("mark_connected needs ProviderCredentials")
         at = _stamp(now)
+        before = self.status
         self.status = ConnectionStatus.ACTIVE
         self.credentials = credentials
         self.connected_at = at
         self.status_reason = None
         self.updated_at = at
+        self.record_event(EventType.ACTIVATED, now=at, from_status=before)
 
     def mark_failed(self, reason: str, now: datetime | None = None) -> None:
         """A pending connection could not be established."""
@@ -290,10 +332,12 @@ class ProviderConnection:
         """Soft delete: terminal, credentials dropped."""
         self._check(ConnectionStatus.DISCONNECTED, "disconnect")
         at = _stamp(now)
+        before = self.status
         self.status = ConnectionStatus.DISCONNECTED
         self.credentials = None
         self.status_reason = None
         self.updated_at = at
+        self.record_event(EventType.DISCONNECTED, now=at, from_status=before)
 
     def update_credentials(
         self, credentials: ProviderCredentials, now: datetime | None = None
@@ -343,9 +387,18 @@ class ProviderConnection:
         self._check(target, verb)
         checked = _check_reason(reason)
         at = _stamp(now)
+        before = self.status
         self.status = target
         self.status_reason = checked
         self.updated_at = at
+        self.record_event(_ENTERED[target], reason=checked, now=at, from_status=before)
+
+
+_ENTERED = {
+    ConnectionStatus.FAILED: EventType.FAILED,
+    ConnectionStatus.EXPIRED: EventType.EXPIRED,
+    ConnectionStatus.REVOKED: EventType.REVOKED,
+}
 
 
 def _stamp(now: datetime | None) -> datetime:
