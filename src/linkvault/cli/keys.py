@@ -1,9 +1,7 @@
 """`linkvault keys`: generate, list, rotate and retire encryption keys.
 
-Self-contained on purpose: cli.py mounts `keys_app`, and `python -m linkvault.cli` runs cli.py
-as __main__, so importing it from here would load a second copy. Errors are LinkvaultErrors,
-which cli.main prints as one line; a command that finishes but leaves work undone prints
-its own line on stderr and exits 1.
+Errors are LinkvaultErrors, which cli.main prints as one line; a command that finishes but
+leaves work undone prints its own line on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from linkvault.cli_common import (
+from linkvault.cli.common import (
     CliError,
     DatabaseOption,
     JsonOption,
