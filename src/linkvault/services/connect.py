@@ -202,9 +202,7 @@ class ConnectService:
         return_to: str | None = None,
     ) -> AuthorizationStart:
         """Send the user through consent again for an expired, revoked or failed connection."""
-        conn = await self.store.find_by_id(connection_id)
-        if conn is None:
-            raise NotFoundError(connection_id)
+        conn = await self._load(connection_id)
         if conn.status not in _REAUTHORIZABLE:
             raise InvalidTransitionError(conn.status.value, None, "reconnect")
         provider = self._oauth_provider(conn.provider_slug)
@@ -280,20 +278,13 @@ class ConnectService:
         self, connection_id: UUID, credentials: CredentialPayload
     ) -> ProviderConnection:
         """Reconnect an expired, revoked or failed key-based connection with new credentials."""
-        conn = await self.store.find_by_id(connection_id)
-        if conn is None:
-            raise NotFoundError(connection_id)
+        conn = await self._load(connection_id)
         provider = self.registry.get(conn.provider_slug)
         if provider.auth_style is AuthStyle.OAUTH2:
             raise InvalidArgumentError(
                 f"provider {provider.slug!r} reconnects through OAuth2, not with a key"
             )
-        conn.mark_connected(
-            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher),
-            now=self.clock(),
-        )
-        await self.store.save(conn)
-        return conn
+        return await self._connect_with(conn, credentials)
 
     async def connect_with_credentials(
         self,
@@ -385,9 +376,7 @@ class ConnectService:
         api_secret: str | None = None,
     ) -> AuthorizationStart | ProviderConnection:
         """Reconnect by the provider's style: consent again for OAuth2, a new API key at once."""
-        conn = await self.store.find_by_id(connection_id)
-        if conn is None:
-            raise NotFoundError(connection_id)
+        conn = await self._load(connection_id)
         provider = provider_of(self.registry, conn)
         if conn.status not in _REAUTHORIZABLE:
             raise InvalidTransitionError(conn.status.value, None, "reconnect")
@@ -401,15 +390,23 @@ class ConnectService:
                 field="connection_id",
                 reason="unsupported auth style",
             )
-        credentials = _api_key_credentials(api_key, api_secret)
-        conn.mark_connected(
-            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher),
-            now=self.clock(),
-        )
-        await self.store.save(conn)
-        return conn
+        return await self._connect_with(conn, _api_key_credentials(api_key, api_secret))
 
     # --- internals -----------------------------------------------------------
+
+    async def _load(self, connection_id: UUID) -> ProviderConnection:
+        conn = await self.store.find_by_id(connection_id)
+        if conn is None:
+            raise NotFoundError(connection_id)
+        return conn
+
+    async def _connect_with(
+        self, conn: ProviderConnection, credentials: CredentialPayload
+    ) -> ProviderConnection:
+        sealed = seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher)
+        conn.mark_connected(sealed, now=self.clock())
+        await self.store.save(conn)
+        return conn
 
     def _oauth_provider(self, slug: str) -> Provider:
         provider = self.registry.get(slug)
