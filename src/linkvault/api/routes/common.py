@@ -67,7 +67,8 @@ def make_router(prefix: str = "") -> APIRouter:
     return APIRouter(prefix=prefix, dependencies=[Depends(known_query_only)])
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
+    # async: a plain function would run in a worker thread on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
