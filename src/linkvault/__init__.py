@@ -1,6 +1,5 @@
 """linkvault: keep your users' connections to external data providers."""
 
-from linkvault.connect import connection_with_credentials
 from linkvault.credentials import (
     ApiKeyCredentials,
     CredentialPayload,
@@ -53,6 +52,7 @@ from linkvault.providers import (
     ProviderRegistry,
     load_registry,
 )
+from linkvault.services.connect import connection_with_credentials
 from linkvault.stores import ConnectionStore, open_store
 from linkvault.stores.memory import InMemoryConnectionRepository
 

@@ -246,3 +246,58 @@ class KeyInUseError(CryptoError):
         )
         self.key_id = key_id
         self.rows = rows
+
+
+class NotAcceptedError(InvalidArgumentError):
+    """An input the operation does not take in this case; `reason` is the short why."""
+
+    def __init__(self, message: str, *, field: str, reason: str, kind: str = "value_error") -> None:
+        super().__init__(message, field=field)
+        self.field: str = field
+        self.reason = reason
+        self.kind = kind
+
+
+class ConnectionStateError(LinkvaultError):
+    """The connection as it stands does not allow the operation; `kind` names the conflict."""
+
+    kind = "conflict"
+
+
+class ProviderGoneError(ConnectionStateError):
+    """The provider a connection was made with is no longer configured."""
+
+    kind = "unknown-provider"
+
+    def __init__(self, provider_slug: str) -> None:
+        super().__init__(f"provider {provider_slug!r} of this connection is no longer configured")
+        self.provider_slug = provider_slug
+
+
+class NotRefreshableError(ConnectionStateError):
+    """The connection's credentials cannot be refreshed."""
+
+    kind = "not-refreshable"
+
+    def __init__(self, provider_slug: str) -> None:
+        super().__init__(f"the credentials of provider {provider_slug!r} do not refresh")
+        self.provider_slug = provider_slug
+
+
+class RefreshInProgressError(ConnectionStateError):
+    """Another refresh of the connection holds its lease."""
+
+    kind = "refresh-in-progress"
+
+    def __init__(self) -> None:
+        super().__init__("a refresh of this connection is already running")
+
+
+class NoCredentialsError(ConnectionStateError):
+    """The connection holds no credentials to hand out."""
+
+    kind = "no-credentials"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"a {status} connection holds no credentials")
+        self.status = status

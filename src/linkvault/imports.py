@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from linkvault.connect import connection_with_credentials
 from linkvault.credentials import OAuth2Tokens
 from linkvault.domain import Clock, ProviderConnection, utc_now
 from linkvault.errors import (
@@ -19,6 +18,7 @@ from linkvault.errors import (
 )
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.connect import connection_with_credentials
 from linkvault.stores import ConnectionStore
 
 __all__ = ["GRANT_FIELDS", "Grant", "import_grants", "parse_grants"]

@@ -10,6 +10,7 @@ so a token refresh in flight is never made stale by the rotation (its tokens wou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from linkvault.errors import (
     KeyRingError,
     StaleConnectionError,
 )
+from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import MAX_PAGE
 
@@ -89,7 +91,9 @@ class RotationReport:
         return counts
 
 
-class _Outcome(Enum):
+class RowRotation(Enum):
+    """What rotating one row came to."""
+
     ROTATED = "rotated"
     SKIPPED = "skipped"
     BUSY = "busy"
@@ -110,13 +114,13 @@ class _Run:
     skipped: int = 0
     unreadable: dict[UUID, UnreadableBlob] = field(default_factory=dict)
 
-    async def row(self, conn: ProviderConnection) -> _Outcome:
+    async def row(self, conn: ProviderConnection) -> RowRotation:
         claimed: UUID | None = None
         try:
             for _ in range(self.max_attempts):
                 creds = conn.credentials
                 if creds is None or self.cipher.is_current(creds.encrypted_data):
-                    return _Outcome.SKIPPED
+                    return RowRotation.SKIPPED
                 if claimed is None and _refreshable(conn):
                     # A refresh worker that finds its row resealed under it discards the
                     # tokens it just obtained: hold the row's lease so the two never overlap.
@@ -127,33 +131,53 @@ class _Run:
                         continue
                     fresh = await self.store.find_by_id(conn.id)
                     if fresh is None:
-                        return _Outcome.SKIPPED
+                        return RowRotation.SKIPPED
                     if _refreshable(fresh):
-                        return _Outcome.BUSY
+                        return RowRotation.BUSY
                     conn = fresh
                     continue
                 try:
-                    blob = self.cipher.reseal(creds.encrypted_data, connection_id=conn.id)
-                except DecryptionError as exc:
-                    self._unreadable(conn.id, creds.encrypted_data, exc)
-                    return _Outcome.UNREADABLE
-                conn.reseal_credentials(
-                    ProviderCredentials(blob, creds.credential_type, creds.expires_at)
-                )
-                try:
-                    await self.store.save(conn)
+                    result = await save_with_retry(
+                        self.store,
+                        conn,
+                        self._reseal,
+                        still_applies=functools.partial(self._plain_save, claimed=claimed),
+                        attempts=self.max_attempts,
+                        on_stale=self._count_retry,
+                    )
+                except DecryptionError:
+                    return RowRotation.UNREADABLE
                 except StaleConnectionError:
-                    self.retried += 1
-                    fresh = await self.store.find_by_id(conn.id)
-                    if fresh is None:
-                        return _Outcome.SKIPPED
-                    conn = fresh
-                    continue
-                return _Outcome.ROTATED
-            return _Outcome.BUSY
+                    return RowRotation.BUSY
+                if result.saved:
+                    return RowRotation.ROTATED
+                if result.connection is None:
+                    return RowRotation.SKIPPED
+                conn = result.connection  # claimed or already done: the checks above decide
+            return RowRotation.BUSY
         finally:
             if claimed is not None:
                 await self.store.release_claims([claimed], self.owner)
+
+    def _reseal(self, conn: ProviderConnection) -> None:
+        creds = conn.credentials
+        assert creds is not None
+        try:
+            blob = self.cipher.reseal(creds.encrypted_data, connection_id=conn.id)
+        except DecryptionError as exc:
+            self._unreadable(conn.id, creds.encrypted_data, exc)
+            raise
+        conn.reseal_credentials(ProviderCredentials(blob, creds.credential_type, creds.expires_at))
+
+    def _plain_save(self, fresh: ProviderConnection, claimed: UUID | None) -> bool:
+        # A fresh copy is resealed as it is unless it is done, or now needs its lease first.
+        creds = fresh.credentials
+        if creds is None or self.cipher.is_current(creds.encrypted_data):
+            return False
+        return claimed is not None or not _refreshable(fresh)
+
+    def _count_retry(self) -> None:
+        self.retried += 1
 
     def _unreadable(self, connection_id: UUID, blob: bytes, exc: DecryptionError) -> None:
         try:
@@ -232,12 +256,12 @@ async def rotate(
                 if conn.id in run.unreadable:
                     continue
                 outcome = await run.row(conn)
-                if outcome is _Outcome.BUSY:
+                if outcome is RowRotation.BUSY:
                     busy[conn.id] = None
                     continue
-                if outcome is _Outcome.ROTATED:
+                if outcome is RowRotation.ROTATED:
                     run.rotated += 1
-                elif outcome is _Outcome.SKIPPED:
+                elif outcome is RowRotation.SKIPPED:
                     run.skipped += 1
                 done += 1
             cursor = batch[-1].id

@@ -8,7 +8,6 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Self
 
-from linkvault.connect import ConnectService
 from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
 from linkvault.domain import Clock, utc_now
 from linkvault.oauth import HttpxTokenClient
@@ -21,6 +20,8 @@ from linkvault.providers import (
     load_registry,
 )
 from linkvault.refresher import RefreshPolicy, RefreshWorker
+from linkvault.services.connect import ConnectService
+from linkvault.services.connections import ConnectionService
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
 
@@ -71,6 +72,16 @@ class Runtime:
     connect: ConnectService
     worker: RefreshWorker
     clock: Clock = field(default=utc_now)
+    connections: ConnectionService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.connections = ConnectionService(
+            self.store,
+            clock=self.clock,
+            registry=self.registry,
+            cipher=self.cipher,
+            worker=self.worker,
+        )
 
     @classmethod
     async def open(

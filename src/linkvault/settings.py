@@ -80,8 +80,16 @@ class Settings(BaseSettings):
 
     @property
     def is_embedded(self) -> bool:
-        """Whether the database is the embedded SQLite default kind."""
-        return self.database_url.startswith(("sqlite:", "memory:"))
+        """Whether the database is embedded in the process (see `is_embedded`)."""
+        return is_embedded(self.database_url)
+
+
+def is_embedded(database_url: str) -> bool:
+    """Whether a database URL names an embedded database: a SQLite file or memory://.
+
+    The one definition: an embedded deployment creates its own key files and migrates itself.
+    """
+    return database_url.split(":", 1)[0].lower() in ("sqlite", "memory")
 
 
 def load_settings() -> Settings:

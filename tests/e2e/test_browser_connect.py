@@ -7,11 +7,12 @@ import httpx
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import CALLBACK_PATH, api_in_thread
+from linkvault.api import CALLBACK_PATH
 from linkvault.crypto import generate_key
 from linkvault.serving import bind_loopback, socket_url
 from linkvault.settings import Settings
 from linkvault.testing import sandbox_in_thread
+from linkvault.testing.api import api_in_thread
 
 
 def test_a_person_connects_the_sandbox_in_a_real_browser_and_the_api_shows_it_active(

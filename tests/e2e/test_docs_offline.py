@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import api_in_thread
 from linkvault.crypto import generate_key
 from linkvault.settings import Settings
+from linkvault.testing.api import api_in_thread
 
 
 def test_docs_render_in_a_browser_that_can_reach_no_other_host(

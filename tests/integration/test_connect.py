@@ -12,13 +12,13 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from linkvault.connect import AuthorizationStart, ConnectService, hash_state
 from linkvault.credentials import ApiKeyCredentials, OAuth2Tokens, open_credentials
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus, CredentialType, ProviderConnection
 from linkvault.errors import InvalidArgumentError, InvalidStateError, InvalidTransitionError
 from linkvault.oauth import HttpxTokenClient, TokenResponse, code_challenge_s256
 from linkvault.providers import Provider, ProviderRegistry, load_registry
+from linkvault.services.connect import AuthorizationStart, ConnectService, hash_state
 from linkvault.stores import ConnectionStore
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import (

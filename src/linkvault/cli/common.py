@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from linkvault.cli.terminal import markup_safe, printable
 from linkvault.errors import LinkvaultError
-from linkvault.stores import sqlite_path
-from linkvault.terminal import markup_safe, printable
+from linkvault.providers import ProviderRegistry
+from linkvault.settings import Settings, environment, load_settings, source_of
+from linkvault.stores import ConnectionStore, open_store, sqlite_path
 
 __all__ = [
     "CliError",
     "DatabaseOption",
     "JsonOption",
+    "configure_logging",
     "err",
     "existing_database",
     "group",
     "markup_safe",
     "out",
     "print_json",
+    "registry",
+    "run",
     "say",
+    "settings",
     "warn",
+    "with_existing_store",
 ]
+
+T = TypeVar("T")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -91,3 +102,44 @@ def existing_database(url: str, source: str) -> str:
             "or `linkvault serve`, or point --database-url at an existing one"
         )
     return url
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def registry(current: Settings) -> ProviderRegistry:
+    """The providers as `serve` sees them: the API reports the same."""
+    from linkvault.runtime import provider_registry
+
+    return provider_registry(current, environment())
+
+
+async def with_existing_store(
+    database_url: str | None, work: Callable[[ConnectionStore], Awaitable[T]]
+) -> T:
+    """Run `work` on a database that exists and is migrated; never creates or migrates one."""
+    current = settings()
+    url = database_url or current.database_url
+    source = "--database-url" if database_url else source_of(current, "database_url")
+    store = await open_store(existing_database(url, source), migrate=False)
+    try:
+        await store.check_schema()
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def configure_logging(level: str) -> None:
+    """Plain key=value lines on stderr; a deployment may install its own handlers instead."""
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )

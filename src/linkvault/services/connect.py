@@ -26,13 +26,15 @@ from linkvault.errors import (
     ConfigurationError,
     DecryptionError,
     InvalidArgumentError,
+    InvalidCredentialsError,
     InvalidStateError,
     InvalidTransitionError,
+    NotAcceptedError,
     NotFoundError,
     OAuthError,
     ProviderUnavailableError,
     RateLimitedError,
-    StaleConnectionError,
+    UnknownProviderError,
 )
 from linkvault.oauth import (
     TokenResponse,
@@ -45,10 +47,21 @@ from linkvault.oauth import (
 from linkvault.origins import ReturnOrigins
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.connections import provider_of
+from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
 
 STATE_TTL = timedelta(minutes=10)
+
+_REAUTHORIZABLE = frozenset(
+    {
+        ConnectionStatus.PENDING,
+        ConnectionStatus.EXPIRED,
+        ConnectionStatus.REVOKED,
+        ConnectionStatus.FAILED,
+    }
+)
 
 _NOT_CONNECTABLE = {
     ConnectionStatus.ACTIVE: "the connection is already active",
@@ -189,15 +202,8 @@ class ConnectService:
         return_to: str | None = None,
     ) -> AuthorizationStart:
         """Send the user through consent again for an expired, revoked or failed connection."""
-        conn = await self.store.find_by_id(connection_id)
-        if conn is None:
-            raise NotFoundError(connection_id)
-        if conn.status not in (
-            ConnectionStatus.PENDING,
-            ConnectionStatus.EXPIRED,
-            ConnectionStatus.REVOKED,
-            ConnectionStatus.FAILED,
-        ):
+        conn = await self._load(connection_id)
+        if conn.status not in _REAUTHORIZABLE:
             raise InvalidTransitionError(conn.status.value, None, "reconnect")
         provider = self._oauth_provider(conn.provider_slug)
         return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
@@ -251,41 +257,34 @@ class ConnectService:
             response, expires_at=token_expiry(response, provider, now)
         )
         sealed = seal_credentials(tokens, connection_id=conn.id, cipher=self.cipher)
-        conn.mark_connected(sealed, now=now)
-        try:
-            await self.store.save(conn)
-        except StaleConnectionError:
-            # Changed during the exchange: a rename is harmless, a disconnect wins and the
-            # new tokens are dropped rather than bringing the connection back.
-            fresh = await self.store.find_by_id(conn.id)
-            if fresh is None or not can_transition(fresh.status, ConnectionStatus.ACTIVE):
-                status = fresh.status if fresh else ConnectionStatus.DISCONNECTED
-                return CallbackResult(
-                    fresh or conn, self._return_to(pending), _NOT_CONNECTABLE[status]
-                )
-            fresh.mark_connected(sealed, now=now)
-            await self.store.save(fresh)
-            conn = fresh
+        # Changed during the exchange: a rename is harmless, a disconnect wins and the new
+        # tokens are dropped rather than bringing the connection back.
+        result = await save_with_retry(
+            self.store,
+            conn,
+            lambda c: c.mark_connected(sealed, now=now),
+            still_applies=lambda fresh: can_transition(fresh.status, ConnectionStatus.ACTIVE),
+            attempts=2,
+        )
+        if not result.saved:
+            fresh = result.connection
+            status = fresh.status if fresh else ConnectionStatus.DISCONNECTED
+            return CallbackResult(fresh or conn, self._return_to(pending), _NOT_CONNECTABLE[status])
+        assert result.connection is not None
+        conn = result.connection
         return CallbackResult(conn, self._return_to(pending))
 
     async def reconnect_with_credentials(
         self, connection_id: UUID, credentials: CredentialPayload
     ) -> ProviderConnection:
         """Reconnect an expired, revoked or failed key-based connection with new credentials."""
-        conn = await self.store.find_by_id(connection_id)
-        if conn is None:
-            raise NotFoundError(connection_id)
+        conn = await self._load(connection_id)
         provider = self.registry.get(conn.provider_slug)
         if provider.auth_style is AuthStyle.OAUTH2:
             raise InvalidArgumentError(
                 f"provider {provider.slug!r} reconnects through OAuth2, not with a key"
             )
-        conn.mark_connected(
-            seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher),
-            now=self.clock(),
-        )
-        await self.store.save(conn)
-        return conn
+        return await self._connect_with(conn, credentials)
 
     async def connect_with_credentials(
         self,
@@ -316,7 +315,98 @@ class ConnectService:
         await self.store.save(conn)
         return conn
 
+    async def start(
+        self,
+        *,
+        user_id: UUID,
+        provider_slug: str,
+        redirect_uri: str,
+        alias: str | None = None,
+        scopes: Sequence[str] | None = None,
+        return_to: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+    ) -> AuthorizationStart | ProviderConnection:
+        """Connect by the provider's style: a consent URL for OAuth2, at once for an API key.
+
+        Inputs that do not apply to the provider's style are refused (NotAcceptedError).
+        """
+        try:
+            provider = self.registry.get(provider_slug)
+        except UnknownProviderError:
+            raise NotAcceptedError(
+                f"no provider {provider_slug!r}",
+                field="provider",
+                reason="unknown provider",
+                kind="unknown_provider",
+            ) from None
+        if provider.auth_style is AuthStyle.OAUTH2:
+            _refuse_key(provider, api_key, api_secret)
+            return await self.start_oauth(
+                user_id=user_id,
+                provider_slug=provider.slug,
+                redirect_uri=redirect_uri,
+                alias=alias,
+                scopes=scopes,
+                return_to=return_to,
+            )
+        if provider.auth_style is not AuthStyle.API_KEY:
+            raise NotAcceptedError(
+                f"provider {provider.slug!r} ({provider.auth_style.value}) cannot be connected "
+                "through the API yet",
+                field="provider",
+                reason="unsupported auth style",
+            )
+        _refuse_oauth_fields(provider, scopes=scopes, return_to=return_to)
+        return await self.connect_with_credentials(
+            user_id=user_id,
+            provider_slug=provider.slug,
+            credentials=_api_key_credentials(api_key, api_secret),
+            alias=alias,
+        )
+
+    async def start_again(
+        self,
+        connection_id: UUID,
+        *,
+        redirect_uri: str,
+        scopes: Sequence[str] | None = None,
+        return_to: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+    ) -> AuthorizationStart | ProviderConnection:
+        """Reconnect by the provider's style: consent again for OAuth2, a new API key at once."""
+        conn = await self._load(connection_id)
+        provider = provider_of(self.registry, conn)
+        if conn.status not in _REAUTHORIZABLE:
+            raise InvalidTransitionError(conn.status.value, None, "reconnect")
+        if provider.auth_style is AuthStyle.OAUTH2:
+            _refuse_key(provider, api_key, api_secret)
+            return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
+        _refuse_oauth_fields(provider, scopes=scopes, return_to=return_to)
+        if provider.auth_style is not AuthStyle.API_KEY:
+            raise NotAcceptedError(
+                f"provider {provider.slug!r} cannot be reconnected through the API yet",
+                field="connection_id",
+                reason="unsupported auth style",
+            )
+        return await self._connect_with(conn, _api_key_credentials(api_key, api_secret))
+
     # --- internals -----------------------------------------------------------
+
+    async def _load(self, connection_id: UUID) -> ProviderConnection:
+        conn = await self.store.find_by_id(connection_id)
+        if conn is None:
+            raise NotFoundError(connection_id)
+        return conn
+
+    async def _connect_with(
+        self, conn: ProviderConnection, credentials: CredentialPayload
+    ) -> ProviderConnection:
+        sealed = seal_credentials(credentials, connection_id=conn.id, cipher=self.cipher)
+        conn.mark_connected(sealed, now=self.clock())
+        await self.store.save(conn)
+        return conn
 
     def _oauth_provider(self, slug: str) -> Provider:
         provider = self.registry.get(slug)
@@ -376,3 +466,39 @@ class ConnectService:
             conn.mark_failed(reason, now=self.clock())
             await self.store.save(conn)
         return CallbackResult(conn, self._return_to(pending), reason)
+
+
+def _refuse_key(provider: Provider, api_key: str | None, api_secret: str | None) -> None:
+    if api_key is not None or api_secret is not None:
+        raise NotAcceptedError(
+            f"provider {provider.slug!r} connects through OAuth2: do not send an API key",
+            field="api_key",
+            reason="not accepted for an OAuth2 provider",
+        )
+
+
+def _refuse_oauth_fields(
+    provider: Provider, *, scopes: Sequence[str] | None, return_to: str | None
+) -> None:
+    for name, value in (("scopes", scopes), ("return_to", return_to)):
+        if value is not None:
+            raise NotAcceptedError(
+                f"provider {provider.slug!r} does not use OAuth2: {name} does not apply",
+                field=name,
+                reason="only for OAuth2 providers",
+            )
+
+
+def _api_key_credentials(api_key: str | None, api_secret: str | None) -> ApiKeyCredentials:
+    if api_key is None:
+        raise NotAcceptedError(
+            "this provider connects with an API key: send api_key",
+            field="api_key",
+            reason="Field required",
+            kind="missing",
+        )
+    try:
+        return ApiKeyCredentials(api_key, api_secret)
+    except InvalidCredentialsError as exc:
+        # The message names the field, never its value.
+        raise NotAcceptedError(str(exc), field="api_key", reason="invalid credentials") from None

@@ -21,10 +21,10 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import api_in_thread
 from linkvault.crypto import generate_key
 from linkvault.settings import Settings
 from linkvault.testing import sandbox_in_thread
+from linkvault.testing.api import api_in_thread
 
 PROVIDERS = """
 [[providers]]

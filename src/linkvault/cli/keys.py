@@ -1,9 +1,7 @@
 """`linkvault keys`: generate, list, rotate and retire encryption keys.
 
-Self-contained on purpose: cli.py mounts `keys_app`, and `python -m linkvault.cli` runs cli.py
-as __main__, so importing it from here would load a second copy. Errors are LinkvaultErrors,
-which cli.main prints as one line; a command that finishes but leaves work undone prints
-its own line on stderr and exits 1.
+Errors are LinkvaultErrors, which cli.main prints as one line; a command that finishes but
+leaves work undone prints its own line on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from linkvault.cli_common import (
+from linkvault.cli.common import (
     CliError,
     DatabaseOption,
     JsonOption,
@@ -47,7 +45,7 @@ from linkvault.crypto import (
     remove_key_from_file,
 )
 from linkvault.rotation import RotationReport, count_outside_ring, key_usage, retire, rotate
-from linkvault.settings import Settings, load_settings, source_of
+from linkvault.settings import Settings, is_embedded, load_settings, source_of
 from linkvault.stores import ConnectionStore, open_store
 
 T = TypeVar("T")
@@ -83,9 +81,8 @@ def load_keys(database_url: str | None) -> KeySource:
             "and LINKVAULT_KEYS is not set: point LINKVAULT_KEY_FILE at the key file "
             "`linkvault serve` created"
         )
-    embedded = settings.model_copy(update={"database_url": url}).is_embedded
     ring = keyring_from_settings(
-        keys, settings.key_file, embedded=embedded, active=settings.active_key_id
+        keys, settings.key_file, embedded=is_embedded(url), active=settings.active_key_id
     )
     return KeySource(ring, settings, url, key_file)
 

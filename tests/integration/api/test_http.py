@@ -21,10 +21,11 @@ import pytest
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import CALLBACK_PATH, api_in_thread
+from linkvault.api import CALLBACK_PATH
 from linkvault.crypto import generate_key
 from linkvault.settings import Settings
 from linkvault.testing import RunningSandbox
+from linkvault.testing.api import api_in_thread
 from tests.sandbox_fixtures import drive_consent
 from tests.support import API_KEY_PROVIDER_TOML, problem_of
 

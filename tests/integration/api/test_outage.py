@@ -10,11 +10,12 @@ import pytest
 from pydantic import SecretStr
 
 from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.api import api_in_thread, create_app
+from linkvault.api import create_app
 from linkvault.crypto import generate_key
 from linkvault.runtime import Runtime
 from linkvault.settings import Settings
 from linkvault.testing import FakeClock
+from linkvault.testing.api import api_in_thread
 from tests.pg_cluster import (
     PrivateCluster,
     private_postgres_fixture,

@@ -1,0 +1,220 @@
+"""The HTTP API: JSON under /v1, bearer API keys with scopes, RFC 9457 problems for every error.
+
+This module wires the app (routes, middlewares, handlers, the OpenAPI document) and serves
+it; the routes live in `linkvault.api.routes`, one module per resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path as PathType
+from typing import Any
+
+import fastapi_offline
+import uvicorn
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+from starlette.staticfiles import StaticFiles
+
+from linkvault.access import ApiKeySet
+from linkvault.api.observability import (
+    BodyLimitMiddleware,
+    CatchAllMiddleware,
+    HeadAsGetMiddleware,
+    HttpMetrics,
+    MetricsMiddleware,
+    OutageMiddleware,
+    RefreshCollector,
+)
+from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PUBLIC_PATHS
+from linkvault.api.problems import PROBLEM_JSON, install_handlers
+from linkvault.api.routes import connections, oauth, operations, providers
+from linkvault.api.security import AuthMiddleware
+from linkvault.origins import ReturnOrigins
+from linkvault.outage import OutageLog
+from linkvault.runtime import Runtime
+from linkvault.serving import Server
+
+log = logging.getLogger("linkvault.api")
+
+
+def create_app(
+    runtime: Runtime,
+    access: ApiKeySet,
+    *,
+    run_worker: bool = False,
+    public_docs: bool = True,
+) -> FastAPI:
+    """The API on `runtime`; with `run_worker` its lifespan also runs the refresh worker."""
+    app = FastAPI(
+        title="linkvault",
+        version="1",
+        summary="Users' connections to external data providers, with encrypted credentials.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=_lifespan(runtime, run_worker),
+        # A redirect to the slash-less path would be built from the Host header.
+        redirect_slashes=False,
+    )
+    app.state.runtime = runtime
+    app.state.worker_running = False
+    app.state.outage = OutageLog(log, "the database", clock=runtime.clock)
+    # The routes themselves, not included routers: the middlewares and the 405 answer match
+    # a path against route templates, which an included router does not expose.
+    app.router.routes.extend(connections.router.routes + oauth.router.routes)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_ui_assets()), name="docs-assets")
+    app.router.routes.extend(providers.router.routes + operations.router.routes)
+    install_handlers(app)
+    _add_middlewares(app, runtime, access, public_docs=public_docs)
+    app.openapi = lambda: _openapi(app, runtime)  # type: ignore[method-assign]
+    return app
+
+
+def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not run_worker:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(runtime.worker.run(stop), name="linkvault-refresh-worker")
+        app.state.worker_running = True
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(task, timeout=runtime.settings.refresh_timeout_seconds + 10)
+            except TimeoutError:
+                log.warning("the refresh worker did not stop in time; cancelled")
+            app.state.worker_running = False
+
+    return lifespan
+
+
+def _add_middlewares(
+    app: FastAPI, runtime: Runtime, access: ApiKeySet, *, public_docs: bool
+) -> None:
+    registry = CollectorRegistry(auto_describe=True)
+    http_metrics = HttpMetrics(registry)
+    registry.register(RefreshCollector(runtime, lambda: bool(app.state.worker_running)))
+    app.state.metrics_registry = registry
+    public = PUBLIC_PATHS if public_docs else frozenset({HEALTH_PATH, CALLBACK_PATH})
+    # Added innermost first: metrics see every answer, 401s and 500s included; a body is
+    # read only for a known key, and only up to the limit.
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(
+        AuthMiddleware,
+        keys=access,
+        public=public,
+        public_prefixes=(f"{DOCS_ASSETS}/",) if public_docs else (),
+    )
+    app.add_middleware(
+        OutageMiddleware,
+        outage=app.state.outage,
+        prefixes=("/v1/connections", HEALTH_PATH, CALLBACK_PATH),
+    )
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics, routes=lambda: app.router.routes)
+
+
+def _openapi(app: FastAPI, runtime: Runtime) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        _problem_media_types(schema)
+        app.openapi_schema = _what_this_deployment_accepts(
+            schema, [p.slug for p in runtime.registry], runtime.connect.return_origins
+        )
+    return app.openapi_schema
+
+
+def _swagger_ui_assets() -> PathType:
+    """Swagger UI's files as fastapi-offline ships them: /docs needs no CDN."""
+    return PathType(fastapi_offline.__file__).parent / "static"
+
+
+def _what_this_deployment_accepts(
+    schema: dict[str, Any], slugs: list[str], origins: ReturnOrigins | None
+) -> dict[str, Any]:
+    """Narrow the inputs that depend on configuration to exactly what is accepted."""
+    models = schema.get("components", {}).get("schemas", {})
+    provider = models["StartConnection"]["properties"]["provider"]
+    provider.pop("pattern", None)
+    provider["enum"] = sorted(slugs)
+    for name in ("StartConnection", "ReconnectConnection"):
+        properties = models[name]["properties"]
+        if origins is None:
+            continue  # the connect service leaves return_to to its caller
+        if origins.pattern is None:
+            properties.pop("return_to")  # additionalProperties is false: the schema says no
+            continue
+        for branch in properties["return_to"]["anyOf"]:
+            if branch.get("type") == "string":
+                branch["pattern"] = origins.pattern
+    listing = schema["paths"]["/v1/connections"]["get"]
+    for parameter in listing["parameters"]:
+        if parameter["name"] == "provider":
+            parameter["schema"]["anyOf"] = [
+                {"type": "string", "enum": sorted(slugs)},
+                {"type": "string", "format": "uuid"},
+                {"type": "null"},
+            ]
+    return schema
+
+
+def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are application/problem+json, as the handlers send them."""
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status.isdigit() and int(status) >= 400 and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
+    return schema
+
+
+# --- serving -------------------------------------------------------------------
+
+
+def server_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """The uvicorn configuration `serve` runs the app with."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        lifespan="on",
+        # The access log would print the callback's query: its authorization code and state.
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+
+
+async def serve(
+    runtime: Runtime,
+    access: ApiKeySet,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    run_worker: bool = True,
+    log_level: str = "info",
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve the API (and, by default, the refresh worker) until SIGINT/SIGTERM, then return."""
+    app = create_app(runtime, access, run_worker=run_worker)
+    server = Server(server_config(app, host, port, log_level))
+    await server.serve(sockets=sockets)

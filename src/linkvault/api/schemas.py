@@ -1,0 +1,330 @@
+"""The API's request and response models: what goes over the wire, checked at the edge.
+
+Connection responses describe credentials (type, expiry) and never carry them; the one
+model that holds a secret is RevealedCredentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+from linkvault.access import ApiKeyEntry
+from linkvault.access import Scope as KeyScope
+from linkvault.credentials import (
+    ApiKeyCredentials,
+    CertificateCredentials,
+    CredentialPayload,
+    CustomCredentials,
+    FileImportCredentials,
+    LinkTokenCredentials,
+    OAuth2Tokens,
+)
+from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
+from linkvault.origins import MAX_RETURN_URL_LENGTH
+from linkvault.providers import AuthStyle, Provider
+from linkvault.refresher import Outcome
+
+MAX_PAGE_SIZE = 500
+_SLUG_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# RFC 6749 section 3.3 scope-token characters.
+_SCOPE_PATTERN = r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$"
+# The If-Match values this API reads: *, "3", W/"3" or 3 (the OpenAPI schema says the same).
+IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?"[0-9]{1,18}"|[0-9]{1,18})\s*$'
+# encode_cursor's output: 16 bytes in unpadded base64url, whose last character holds 2 bits.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{21}[AQgw]$"
+
+
+def _plain_text(value: str) -> str:
+    # PostgreSQL text holds no NUL, and no database stores a lone surrogate.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _return_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http or https URL")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        raise ValueError("must not contain whitespace, control characters or backslashes")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain a user name or password")
+    return value
+
+
+def _secret_text(value: SecretStr) -> SecretStr:
+    _plain_text(value.get_secret_value())
+    return value
+
+
+Alias = Annotated[
+    str, Field(max_length=MAX_ALIAS_LENGTH, description="a name the user gave this connection")
+]
+ScopeToken = Annotated[str, Field(pattern=_SCOPE_PATTERN)]
+ReturnTo = Annotated[
+    str,
+    Field(
+        max_length=MAX_RETURN_URL_LENGTH,
+        description="where the user's browser goes after consent: on an allowed return origin",
+    ),
+    AfterValidator(_return_url),
+]
+SecretText = Annotated[
+    SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_secret_text)
+]
+
+
+class ConnectionView(BaseModel):
+    """A connection as the API shows it: credentials are described, never included."""
+
+    # Published as "Connection": the document's name, not the entity's or the database's.
+    __qualname__ = "Connection"
+    model_config = ConfigDict(title="Connection")
+
+    id: UUID
+    user_id: UUID
+    provider_id: UUID
+    provider_slug: str
+    alias: str | None
+    status: ConnectionStatus
+    status_reason: str | None
+    credential_type: CredentialType | None
+    expires_at: datetime | None = Field(description="when the credentials expire; null = never")
+    connected_at: datetime | None
+    last_sync_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
+
+    @classmethod
+    def of(cls, c: ProviderConnection) -> ConnectionView:
+        creds = c.credentials
+        return cls(
+            id=c.id,
+            user_id=c.user_id,
+            provider_id=c.provider_id,
+            provider_slug=c.provider_slug,
+            alias=c.alias,
+            status=c.status,
+            status_reason=c.status_reason,
+            credential_type=creds.credential_type if creds else None,
+            expires_at=creds.expires_at if creds else None,
+            connected_at=c.connected_at,
+            last_sync_at=c.last_sync_at,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            version=c.version,
+        )
+
+
+class ConnectionRef(BaseModel):
+    """What a write answers to a key without the `read` scope: which connection, which version."""
+
+    id: UUID
+    version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
+
+
+def shown(conn: ProviderConnection, key: ApiKeyEntry) -> ConnectionView | ConnectionRef:
+    """A write's answer carries no more than the key could read."""
+    if key.allows(KeyScope.READ):
+        return ConnectionView.of(conn)
+    return ConnectionRef(id=conn.id, version=conn.version)
+
+
+class ConnectionPage(BaseModel):
+    """One page of connections; pass `next_cursor` as `cursor` for the next one."""
+
+    items: list[ConnectionView]
+    next_cursor: str | None
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartConnection(_Input):
+    """Start a connection: OAuth2 providers get an authorize URL, API-key providers the key."""
+
+    user_id: UUID
+    provider: Annotated[str, Field(pattern=_SLUG_PATTERN, description="the provider's slug")]
+    alias: Annotated[Alias | None, AfterValidator(lambda v: v and _plain_text(v))] = None
+    scopes: list[ScopeToken] | None = Field(default=None, max_length=50)
+    return_to: ReturnTo | None = None
+    api_key: SecretText | None = None
+    api_secret: SecretText | None = None
+
+
+class ReconnectConnection(_Input):
+    """Reconnect: OAuth2 connections go through consent again; API-key ones take a new key."""
+
+    scopes: list[ScopeToken] | None = Field(default=None, max_length=50)
+    return_to: ReturnTo | None = None
+    api_key: SecretText | None = None
+    api_secret: SecretText | None = None
+
+
+class UpdateConnection(_Input):
+    """Set (or, with null, clear) the alias; `version` or If-Match makes the change conditional."""
+
+    alias: Annotated[Alias | None, AfterValidator(lambda v: v and _plain_text(v))]
+    version: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class StartedConnection(BaseModel):
+    """A started connection; `authorize_url` is where to send the user (OAuth2 only)."""
+
+    connection: ConnectionView | ConnectionRef
+    authorize_url: str | None
+
+
+class RefreshResult(BaseModel):
+    """How an immediate refresh ended, and the connection afterwards."""
+
+    outcome: Outcome
+    connection: ConnectionView | ConnectionRef
+
+
+class OAuth2TokensPayload(BaseModel):
+    type: Literal["oauth2"] = "oauth2"
+    access_token: str
+    refresh_token: str | None
+    token_type: str
+    scope: str | None
+    expires_at: datetime | None
+
+
+class ApiKeyPayload(BaseModel):
+    type: Literal["api_key"] = "api_key"
+    api_key: str
+    api_secret: str | None
+
+
+class LinkTokenPayload(BaseModel):
+    type: Literal["link_token"] = "link_token"
+    access_token: str
+    item_id: str
+    expires_at: datetime | None
+
+
+class CertificatePayload(BaseModel):
+    type: Literal["certificate"] = "certificate"
+    certificate_pem: str
+    private_key_pem: str
+
+
+class FileImportPayload(BaseModel):
+    type: Literal["file_import"] = "file_import"
+    source: str
+    passphrase: str | None
+
+
+class CustomPayload(BaseModel):
+    type: Literal["custom"] = "custom"
+    values: dict[str, str]
+
+
+RevealedPayload = Annotated[
+    OAuth2TokensPayload
+    | ApiKeyPayload
+    | LinkTokenPayload
+    | CertificatePayload
+    | FileImportPayload
+    | CustomPayload,
+    Field(discriminator="type"),
+]
+_PAYLOAD_MODELS: Mapping[type[CredentialPayload], type[BaseModel]] = {
+    OAuth2Tokens: OAuth2TokensPayload,
+    ApiKeyCredentials: ApiKeyPayload,
+    LinkTokenCredentials: LinkTokenPayload,
+    CertificateCredentials: CertificatePayload,
+    FileImportCredentials: FileImportPayload,
+    CustomCredentials: CustomPayload,
+}
+
+
+class RevealedCredentials(BaseModel):
+    """A connection's decrypted credentials: the one response that holds a secret."""
+
+    connection_id: UUID
+    credential_type: CredentialType
+    expires_at: datetime | None
+    payload: RevealedPayload
+
+
+class ProviderInfo(BaseModel):
+    """A provider linkvault can connect to."""
+
+    id: UUID
+    slug: str
+    display_name: str
+    auth_style: AuthStyle
+    scopes: list[str]
+    refreshes: bool
+    configured: bool = Field(description="whether linkvault holds client credentials for it")
+
+
+class ProviderList(BaseModel):
+    items: list[ProviderInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="a URI reference naming the kind of problem")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str | None = None
+    instance: str | None = Field(default=None, description="the request path")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A 422 problem listing the offending fields (the first few, when there are many)."""
+
+    errors: list[FieldError]
+    errors_omitted: int | None = Field(
+        default=None, ge=1, description="how many more fields were invalid than are listed"
+    )
+
+
+def payload_out(payload: CredentialPayload) -> BaseModel:
+    """The response model of a decrypted credential payload."""
+    values = {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}
+    if isinstance(payload, CustomCredentials):
+        values = {"values": dict(payload.values)}
+    return _PAYLOAD_MODELS[type(payload)].model_validate(values)
+
+
+def provider_info(p: Provider) -> ProviderInfo:
+    return ProviderInfo(
+        id=p.id,
+        slug=p.slug,
+        display_name=p.display_name,
+        auth_style=p.auth_style,
+        scopes=list(p.scopes),
+        refreshes=p.refreshes,
+        configured=p.configured,
+    )

@@ -1,0 +1,5 @@
+"""`python -m linkvault.cli`."""
+
+from linkvault.cli.app import entry
+
+entry()

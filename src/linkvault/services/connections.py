@@ -1,0 +1,210 @@
+"""Reading and changing connections on request: the one path the API, the CLI and code share.
+
+Plain arguments in, domain objects out, typed errors of `linkvault.errors` for everything a
+caller can handle. Changes are saved with the version check; an unconditional change lost to
+a concurrent writer is re-applied to a fresh copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+from uuid import UUID
+
+from linkvault.credentials import CredentialPayload, open_credentials
+from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now
+from linkvault.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidTransitionError,
+    NoCredentialsError,
+    NotFoundError,
+    NotRefreshableError,
+    ProviderGoneError,
+    RefreshInProgressError,
+    StaleConnectionError,
+    UnknownProviderError,
+)
+from linkvault.ports import Cipher
+from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.refresher import Outcome, RefreshWorker
+from linkvault.services.retry import STALE_ATTEMPTS, save_with_retry
+from linkvault.stores import ConnectionStore
+from linkvault.stores.common import ConnectionFilter
+
+__all__ = ["ConnectionPage", "ConnectionService", "Refreshed", "provider_of"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPage:
+    """One page of a listing; `next_after` is the id to continue after, None on the last."""
+
+    items: list[ProviderConnection]
+    next_after: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """How an immediate refresh ended, and the connection afterwards."""
+
+    outcome: Outcome
+    connection: ProviderConnection
+
+
+def provider_of(registry: ProviderRegistry, conn: ProviderConnection) -> Provider:
+    """The provider a connection was made with; ProviderGoneError when it is not configured."""
+    try:
+        return registry.by_id(conn.provider_id)
+    except UnknownProviderError:
+        raise ProviderGoneError(conn.provider_slug) from None
+
+
+class ConnectionService:
+    """Get, list, rename, disconnect, delete, reveal and refresh connections.
+
+    `registry`, `cipher` and `worker` are needed only by the operations that use them
+    (revealing credentials, refreshing now); the CLI's read-and-change commands pass none.
+    """
+
+    def __init__(
+        self,
+        store: ConnectionStore,
+        *,
+        clock: Clock = utc_now,
+        registry: ProviderRegistry | None = None,
+        cipher: Cipher | None = None,
+        worker: RefreshWorker | None = None,
+        attempts: int = STALE_ATTEMPTS,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.registry = registry
+        self.cipher = cipher
+        self.worker = worker
+        self.attempts = attempts
+
+    async def get(self, connection_id: UUID) -> ProviderConnection:
+        """The connection; NotFoundError when there is none."""
+        conn = await self.store.find_by_id(connection_id)
+        if conn is None:
+            raise NotFoundError(connection_id)
+        return conn
+
+    async def list(
+        self,
+        *,
+        user_id: UUID | None = None,
+        provider_id: UUID | None = None,
+        status: ConnectionStatus | None = None,
+        expiring_within: int | None = None,
+        after: UUID | None = None,
+        limit: int = 100,
+    ) -> ConnectionPage:
+        """Connections in id order after `after`, filtered; `expiring_within` is in minutes."""
+        expiring_before = (
+            None if expiring_within is None else self.clock() + timedelta(minutes=expiring_within)
+        )
+        where = ConnectionFilter(user_id, provider_id, status, expiring_before)
+        rows = await self.store.list_connections(where, after=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ConnectionPage(rows, rows[-1].id if more and rows else None)
+
+    async def rename(
+        self, connection_id: UUID, alias: str | None, *, expected_version: int | None = None
+    ) -> ProviderConnection:
+        """Set or clear the alias; with `expected_version`, only on that version."""
+        return await self.change(
+            connection_id, lambda c: c.rename(alias, now=self.clock()), expected_version
+        )
+
+    async def disconnect(
+        self, connection_id: UUID, *, expected_version: int | None = None
+    ) -> ProviderConnection:
+        """Soft delete: the record stays, the credentials are dropped."""
+        return await self.change(
+            connection_id, lambda c: c.mark_disconnected(now=self.clock()), expected_version
+        )
+
+    async def delete(self, connection_id: UUID) -> None:
+        """Hard delete; NotFoundError when there is none."""
+        await self.store.delete(connection_id)
+
+    async def reveal_credentials(
+        self, connection_id: UUID
+    ) -> tuple[ProviderConnection, CredentialPayload]:
+        """The connection and its decrypted credentials; NoCredentialsError when it holds none."""
+        cipher = self._needs(self.cipher, "cipher")
+        conn = await self.get(connection_id)
+        if conn.credentials is None:
+            raise NoCredentialsError(conn.status.value)
+        return conn, open_credentials(conn.credentials, connection_id=conn.id, cipher=cipher)
+
+    async def refresh_now(self, connection_id: UUID) -> Refreshed:
+        """Refresh an active OAuth2 connection at once, through the worker's own path.
+
+        The lease is taken first: its statement reads the row, so the happy path reads it
+        once before and once after the refresh.
+        """
+        worker = self._needs(self.worker, "worker")
+        claim = await self.store.claim_connection(
+            connection_id, worker.owner, lease=worker.policy.lease
+        )
+        if claim is None:
+            self._check_refreshable(await self.get(connection_id))
+            raise RefreshInProgressError()
+        try:
+            self._check_refreshable(claim.connection)
+        except BaseException:
+            await self.store.release_claims([connection_id], worker.owner)
+            raise
+        outcome = await worker.refresh_one(claim)
+        return Refreshed(outcome, await self.get(connection_id))
+
+    async def check_database(self, *, seconds: float) -> None:
+        """Return when the database answers; DatabaseError when it fails or is too slow."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.store.schema_version()
+        except TimeoutError:
+            raise DatabaseUnavailableError("health check timed out") from None
+
+    async def change(
+        self,
+        connection_id: UUID,
+        apply: Callable[[ProviderConnection], None],
+        expected_version: int | None = None,
+    ) -> ProviderConnection:
+        """Load, apply, save; without `expected_version`, retried on a fresh copy."""
+        conn = await self.get(connection_id)
+        if expected_version is not None and conn.version != expected_version:
+            raise StaleConnectionError(conn.id, expected_version)
+        attempts = 1 if expected_version is not None else self.attempts
+        result = await save_with_retry(self.store, conn, apply, attempts=attempts)
+        if result.connection is None:
+            raise NotFoundError(connection_id)
+        return result.connection
+
+    def _check_refreshable(self, conn: ProviderConnection) -> None:
+        if conn.status is not ConnectionStatus.ACTIVE:
+            raise InvalidTransitionError(conn.status.value, None, "refresh")
+        provider = provider_of(self._needs(self.registry, "registry"), conn)
+        creds = conn.credentials
+        if (
+            provider.auth_style is not AuthStyle.OAUTH2
+            or not provider.refreshes
+            or creds is None
+            or not creds.supports_refresh
+        ):
+            raise NotRefreshableError(provider.slug)
+
+    @staticmethod
+    def _needs(value: T | None, name: str) -> T:
+        if value is None:
+            raise ConfigurationError(f"this ConnectionService was built without a {name}")
+        return value
