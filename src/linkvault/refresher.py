@@ -48,6 +48,7 @@ from linkvault.limits import AdaptiveLimit
 from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
 from linkvault.ports import Cipher, TokenClient
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import Claim, LostAttempt
 
@@ -648,29 +649,27 @@ class RefreshWorker:
         """
         assert conn.credentials is not None
         started_from = conn.credentials.encrypted_data
-        target = conn
-        for _ in range(5):
-            change(target)
-            try:
-                await self.store.save(target)
-            except StaleConnectionError:
-                fresh = await self.store.find_by_id(conn.id)
-                if (
-                    fresh is None
-                    or fresh.status is not ConnectionStatus.ACTIVE
-                    or fresh.credentials is None
-                    or fresh.credentials.encrypted_data != started_from
-                ):
-                    log.info(
-                        "refresh of connection %s lost to a concurrent change; "
-                        "the new tokens are discarded",
-                        conn.id,
-                    )
-                    return False
-                target = fresh
-            else:
-                return True
-        return False
+
+        def same_grant(fresh: ProviderConnection) -> bool:
+            return (
+                fresh.status is ConnectionStatus.ACTIVE
+                and fresh.credentials is not None
+                and fresh.credentials.encrypted_data == started_from
+            )
+
+        try:
+            result = await save_with_retry(
+                self.store, conn, change, still_applies=same_grant, attempts=5
+            )
+        except StaleConnectionError:
+            return False
+        if not result.saved:
+            log.info(
+                "refresh of connection %s lost to a concurrent change; "
+                "the new tokens are discarded",
+                conn.id,
+            )
+        return result.saved
 
     async def _settle(
         self,
