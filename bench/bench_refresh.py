@@ -35,10 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the process-fleet helpers are shared with the tests
-
-from tests.refresh_fleet import (  # noqa: E402
+from linkvault.crypto import generate_key
+from linkvault.oauth import HttpxTokenClient
+from linkvault.settings import Settings
+from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.testing import SandboxAdmin, sandbox_in_subprocess, sandbox_provider
+from linkvault.testing.fleet import (
     Fleet,
     WorkerProcess,
     schedule_summary,
@@ -48,13 +50,8 @@ from tests.refresh_fleet import (  # noqa: E402
     worker_env,
 )
 
-from linkvault.crypto import generate_key  # noqa: E402
-from linkvault.oauth import HttpxTokenClient  # noqa: E402
-from linkvault.settings import Settings  # noqa: E402
-from linkvault.stores.postgres import PostgresConnectionRepository  # noqa: E402
-from linkvault.testing import SandboxAdmin, sandbox_in_subprocess, sandbox_provider  # noqa: E402
-
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

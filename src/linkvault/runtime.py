@@ -19,9 +19,9 @@ from linkvault.providers import (
     ProviderRegistry,
     load_registry,
 )
-from linkvault.refresher import RefreshPolicy, RefreshWorker
 from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
+from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
 

@@ -14,7 +14,7 @@ import pytest
 
 from linkvault.crypto import generate_key
 from linkvault.testing import SandboxAdmin, sandbox_in_subprocess
-from tests.refresh_fleet import (
+from linkvault.testing.fleet import (
     BlackHole,
     Fleet,
     Relay,

@@ -35,7 +35,7 @@ from linkvault.crypto import (
 )
 from linkvault.domain import ConnectionStatus, ProviderConnection, ProviderCredentials
 from linkvault.errors import KeyRingError, StaleConnectionError
-from linkvault.rotation import (
+from linkvault.services.rotation import (
     KeyInUseError,
     count_outside_ring,
     key_usage,

@@ -33,7 +33,7 @@ from linkvault.crypto import (
 )
 from linkvault.domain import CredentialType, ProviderConnection, ProviderCredentials
 from linkvault.errors import DecryptionError, InvalidCredentialsError, LinkvaultError
-from linkvault.rotation import KeyInUseError, retire, rotate
+from linkvault.services.rotation import KeyInUseError, retire, rotate
 from linkvault.stores import ConnectionStore
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.stores.sqlite import SqliteConnectionRepository

@@ -16,8 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from linkvault.api.problems import ApiProblem, header, internal_error, send_problem
 from linkvault.outage import OutageLog
-from linkvault.refresher import Outcome
 from linkvault.runtime import Runtime
+from linkvault.services.refresh import Outcome
 
 log = logging.getLogger("linkvault.api")
 

@@ -29,7 +29,7 @@ from linkvault.credentials import (
 from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
 from linkvault.origins import MAX_RETURN_URL_LENGTH
 from linkvault.providers import AuthStyle, Provider
-from linkvault.refresher import Outcome
+from linkvault.services.refresh import Outcome
 
 MAX_PAGE_SIZE = 500
 _SLUG_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"

@@ -44,7 +44,13 @@ from linkvault.crypto import (
     keyring_from_settings,
     remove_key_from_file,
 )
-from linkvault.rotation import RotationReport, count_outside_ring, key_usage, retire, rotate
+from linkvault.services.rotation import (
+    RotationReport,
+    count_outside_ring,
+    key_usage,
+    retire,
+    rotate,
+)
 from linkvault.settings import Settings, is_embedded, load_settings, source_of
 from linkvault.stores import ConnectionStore, open_store
 

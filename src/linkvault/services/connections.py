@@ -30,7 +30,7 @@ from linkvault.errors import (
 )
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
-from linkvault.refresher import Outcome, RefreshWorker
+from linkvault.services.refresh import Outcome, RefreshWorker
 from linkvault.services.retry import STALE_ATTEMPTS, save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import ConnectionFilter

@@ -44,10 +44,10 @@ from linkvault.errors import (
     UnauthorizedClientError,
     UnknownProviderError,
 )
-from linkvault.limits import AdaptiveLimit
 from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
 from linkvault.ports import Cipher, TokenClient
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.limits import AdaptiveLimit
 from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import Claim, LostAttempt

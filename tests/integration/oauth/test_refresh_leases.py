@@ -22,18 +22,10 @@ from linkvault.domain import ConnectionStatus, ProviderConnection, utc_now
 from linkvault.errors import ConfigurationError
 from linkvault.oauth import HttpxTokenClient
 from linkvault.providers import Provider, ProviderRegistry, load_registry
-from linkvault.refresher import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
+from linkvault.services.refresh import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from linkvault.testing import FaultKind, RunningSandbox, sandbox_in_thread
-from tests.integration.test_connect import (
-    module_postgres_url,
-    module_sandbox,
-    postgres_store,
-    running_sandbox,
-)
-from tests.integration.test_refresher import POLICY, Bench, WatchedTokenClient, bench
-
-__all__ = ["bench", "module_postgres_url", "module_sandbox", "postgres_store", "running_sandbox"]
+from tests.refreshing import POLICY, Bench, WatchedTokenClient
 
 
 async def until(check: Callable[[], bool], within: float = 5.0) -> None:

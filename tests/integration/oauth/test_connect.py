@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID, uuid4
 
-import asyncpg
 import pytest
 
 from linkvault.credentials import ApiKeyCredentials, OAuth2Tokens, open_credentials
@@ -20,15 +19,11 @@ from linkvault.oauth import HttpxTokenClient, TokenResponse, code_challenge_s256
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.services.connect import AuthorizationStart, ConnectService, hash_state
 from linkvault.stores import ConnectionStore
-from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import (
     FakeClock,
     FaultKind,
     RunningSandbox,
-    SandboxSettings,
-    sandbox_in_thread,
 )
-from tests.conftest import PostgresServer
 from tests.sandbox_fixtures import drive_consent
 
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -99,44 +94,6 @@ class Connect:
     def issued(self, grant_type: str = "authorization_code") -> int:
         count: int = self.running.sandbox.stats()["issued"].get(grant_type, 0)
         return count
-
-
-# One sandbox and one PostgreSQL database per module, wiped before each test: a server and a
-# database per test cost more than the tests themselves.
-
-
-@pytest.fixture(scope="module")
-def module_sandbox() -> Iterator[RunningSandbox]:
-    with sandbox_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def running_sandbox(module_sandbox: RunningSandbox) -> RunningSandbox:
-    module_sandbox.sandbox.reset(counters=True, faults=True, grants=True)
-    module_sandbox.sandbox.settings.update(SandboxSettings().as_dict())
-    return module_sandbox
-
-
-@pytest.fixture(scope="module")
-async def module_postgres_url(postgres_server: PostgresServer) -> str:
-    return await postgres_server.create_database()
-
-
-@pytest.fixture
-async def postgres_store(
-    clock: FakeClock, module_postgres_url: str
-) -> AsyncIterator[PostgresConnectionRepository]:
-    admin = await asyncpg.connect(module_postgres_url)
-    try:
-        await admin.execute(
-            "TRUNCATE provider_connections, oauth_states, provider_circuits CASCADE"
-        )
-    finally:
-        await admin.close()
-    repo = await PostgresConnectionRepository.connect(module_postgres_url, clock=clock, max_size=8)
-    async with repo:
-        yield repo
 
 
 @pytest.fixture

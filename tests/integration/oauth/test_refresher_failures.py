@@ -10,17 +10,9 @@ from linkvault.credentials import OAuth2Tokens, seal_credentials
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus
 from linkvault.providers import load_registry
-from linkvault.refresher import Outcome, RefreshPolicy
+from linkvault.services.refresh import Outcome, RefreshPolicy
 from linkvault.testing import FaultKind
-from tests.integration.test_connect import (
-    module_postgres_url,
-    module_sandbox,
-    postgres_store,
-    running_sandbox,
-)
-from tests.integration.test_refresher import POLICY, Bench, WatchedTokenClient, bench
-
-__all__ = ["bench", "module_postgres_url", "module_sandbox", "postgres_store", "running_sandbox"]
+from tests.refreshing import POLICY, Bench, WatchedTokenClient
 
 SEED = 11
 

@@ -1,6 +1,7 @@
 """Refresh workers as separate processes against PostgreSQL and the sandbox provider.
 
-Shared by tests/integration/test_refresh_processes.py and bench/bench_refresh.py: seeding
+For tests and benchmarks of a whole fleet (linkvault's own process tests and
+bench/bench_refresh.py use it): seeding
 due OAuth2 connections whose refresh tokens are live grants at a sandbox, starting and
 stopping `linkvault worker` processes, reading what they did, and a loopback TCP black hole
 (accepts, reads, never answers) to park a worker's requests where no provider sees them.
@@ -345,7 +346,9 @@ class WorkerProcess:
         log = log_path.open("wb")
         command = [sys.executable, "-m", "linkvault.cli", "worker", *options]
         try:
-            process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the caller
+                command, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            )
         except BaseException:
             log.close()
             raise
