@@ -267,7 +267,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
                 ):
                     continue
                 expiry = _due_expiry(c, now + horizon)
-                if s.attempt_at is not None:
+                if s.attempt_at is not None and s.lost_how is not None:
                     lost.append((s.attempt_at, c))
                 elif expiry is not None and (s.next_at is None or s.next_at <= now):
                     due.append((expiry, c))

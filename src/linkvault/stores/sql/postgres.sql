@@ -140,13 +140,13 @@ WHERE c.id = due.id
 RETURNING c.id, c.user_id, c.provider_id, c.provider_slug, c.alias, c.status, c.status_reason, c.credential_type, c.encrypted_credentials, c.credentials_expire_at, c.connected_at, c.last_sync_at, c.created_at, c.updated_at, c.version, c.refresh_failures, c.refresh_attempt_at, c.refresh_attempt_fingerprint, c.refresh_attempt_lost;
 
 -- name: claim_lost
--- Lease connections whose last refresh request's answer was lost (a worker stopped, or the
--- answer never came), oldest first: each must be replayed while the provider's reuse grace
--- for the possibly spent refresh token lasts.
+-- Lease connections whose last refresh request's answer is known lost (record_lost: a read
+-- timeout, a reset), oldest first: each must be replayed while the provider's reuse grace
+-- for the possibly spent refresh token lasts. A worker's crash leaves a due row: claim_due.
 WITH lost AS (
     SELECT id
     FROM provider_connections
-    WHERE refresh_attempt_at IS NOT NULL
+    WHERE refresh_attempt_lost IS NOT NULL
       AND status = 'active'
       AND (refresh_lease_until IS NULL OR refresh_lease_until <= $1)
       AND refresh_failures < $2

@@ -132,14 +132,14 @@ WHERE id IN (
 RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, refresh_failures, refresh_attempt_at, refresh_attempt_fingerprint, refresh_attempt_lost;
 
 -- name: claim_lost
--- Lease connections whose last refresh request's answer was lost, oldest first (under
--- BEGIN IMMEDIATE, as claim_due).
+-- Lease connections whose last refresh request's answer is known lost (record_lost), oldest
+-- first (under BEGIN IMMEDIATE, as claim_due). A worker's crash leaves a due row: claim_due.
 UPDATE provider_connections
 SET refresh_lease_owner = ?4, refresh_lease_until = ?5
 WHERE id IN (
     SELECT id
     FROM provider_connections
-    WHERE refresh_attempt_at IS NOT NULL
+    WHERE refresh_attempt_lost IS NOT NULL
       AND status = 'active'
       AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?1)
       AND refresh_failures < ?2
