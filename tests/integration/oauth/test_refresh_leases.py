@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
@@ -300,24 +300,8 @@ async def real_clock_store(tmp_path: Path) -> AsyncIterator[SqliteConnectionRepo
 async def seed_one(
     store: SqliteConnectionRepository, running: RunningSandbox, cipher: AesGcmCipher
 ) -> ProviderConnection:
-    [grant] = running.sandbox.seed_grants([f"user-{uuid4()}"])
     provider = load_registry(env=running.env()).get("sandbox")
-    now = utc_now()
-    conn = ProviderConnection(
-        user_id=uuid4(),
-        provider_id=provider.id,
-        provider_slug="sandbox",
-        created_at=now,
-        updated_at=now,
-    )
-    tokens = OAuth2Tokens(
-        access_token=grant["access_token"],
-        refresh_token=grant["refresh_token"],
-        expires_at=now + timedelta(minutes=5),
-    )
-    conn.mark_connected(seal_credentials(tokens, connection_id=conn.id, cipher=cipher), now=now)
-    await store.save(conn)
-    return conn
+    return await seed_due(store, running, provider, cipher, utc_now() + timedelta(minutes=5))
 
 
 SHORT = RefreshPolicy(lease=timedelta(seconds=2), connect_timeout=0.5, idle_poll=0.05)
@@ -403,13 +387,19 @@ async def test_a_slow_provider_keeps_a_short_queue_and_leaves_the_slots_to_the_o
         slow = dataclasses.replace(fast, slug="slow-bank", id=uuid4(), base_url=slow_bank.url)
         registry = ProviderRegistry([*load_registry(env=running_sandbox.env()), slow])
         due = utc_now() + timedelta(minutes=1)
+        early = due - timedelta(seconds=30)
         # The slow bank's connections come due first, so a first-come claim takes them all.
         slow_ids = [
-            await seed_due(real_clock_store, slow_bank, slow, cipher, due - timedelta(seconds=30))
+            (
+                await seed_due(
+                    real_clock_store, slow_bank, slow, cipher, due - timedelta(seconds=30)
+                )
+            ).id
             for _ in range(20)
         ]
         fast_ids = [
-            await seed_due(real_clock_store, running_sandbox, fast, cipher, due) for _ in range(24)
+            (await seed_due(real_clock_store, running_sandbox, fast, cipher, due)).id
+            for _ in range(24)
         ]
         policy = dataclasses.replace(SHORT, concurrency=8)
         async with HttpxTokenClient() as tokens:
@@ -447,7 +437,7 @@ async def seed_due(
     provider: Provider,
     cipher: AesGcmCipher,
     expires_at: datetime,
-) -> UUID:
+) -> ProviderConnection:
     [grant] = running.sandbox.seed_grants([f"user-{uuid4()}"])
     now = utc_now()
     conn = ProviderConnection(
@@ -464,4 +454,4 @@ async def seed_due(
     )
     conn.mark_connected(seal_credentials(tokens, connection_id=conn.id, cipher=cipher), now=now)
     await store.save(conn)
-    return conn.id
+    return conn
