@@ -390,12 +390,7 @@ async def test_a_slow_provider_keeps_a_short_queue_and_leaves_the_slots_to_the_o
         early = due - timedelta(seconds=30)
         # The slow bank's connections come due first, so a first-come claim takes them all.
         slow_ids = [
-            (
-                await seed_due(
-                    real_clock_store, slow_bank, slow, cipher, due - timedelta(seconds=30)
-                )
-            ).id
-            for _ in range(20)
+            (await seed_due(real_clock_store, slow_bank, slow, cipher, early)).id for _ in range(20)
         ]
         fast_ids = [
             (await seed_due(real_clock_store, running_sandbox, fast, cipher, due)).id
