@@ -6,7 +6,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -249,7 +249,11 @@ async def all_settled(database_url: str, since: datetime, count: int) -> bool:
 async def kill_mid_run(
     postgres_url: str, fleet: Fleet, victim: WorkerProcess, *, after_refreshes: int
 ) -> set[UUID]:
-    """SIGKILL `victim` once it refreshed some and has requests in flight; those requests."""
+    """SIGKILL `victim` once it refreshed some and has requests in flight; those requests.
+
+    It waits for requests recorded as sent a while ago, so that they have reached the
+    provider (which serves what it received even if the client is gone) and not only the
+    database."""
     owner: list[str] = []
 
     async def busy() -> bool:
@@ -257,7 +261,8 @@ async def kill_mid_run(
         if found is None or len(victim.refreshed_ids()) < after_refreshes:
             return False
         owner[:] = [found]
-        return len(await in_flight_of(postgres_url, found)) >= 2
+        sent = await in_flight_of(postgres_url, found, sent_for=timedelta(milliseconds=50))
+        return len(sent) >= 2
 
     await eventually("the victim to have requests in flight", busy, 60)
     victim.signal(signal.SIGKILL)

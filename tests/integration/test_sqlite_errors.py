@@ -6,6 +6,7 @@ The failures both databases share are tested in tests/conformance/test_errors.py
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from linkvault.errors import (
     DatabaseError,
     SchemaError,
 )
-from linkvault.stores.sqlite import SqliteConnectionRepository
+from linkvault.stores.sqlite import SqliteConnectionRepository, _switch_to_wal
 from tests.factories import active, assert_translated, raised_by
 
 
@@ -107,3 +108,43 @@ async def test_a_database_with_corrupt_pages_raises_a_database_error(sqlite_file
         exc = await raised_by(broken.find_by_id(connection.id))
 
     assert isinstance(assert_translated(exc, DatabaseError), sqlite3.DatabaseError)
+
+
+def test_switching_a_new_file_to_wal_waits_out_a_lock_sqlite_answers_busy_at_once(
+    tmp_path: Path,
+) -> None:
+    # Two processes opening one new file at once can each hold a lock the other needs;
+    # SQLite then answers SQLITE_BUSY without calling its busy handler. Opened with no busy
+    # timeout here so every busy answer is immediate: the switch itself must wait.
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    opener = sqlite3.connect(path, isolation_level=None, timeout=0)
+    release = threading.Timer(0.3, holder.execute, ["COMMIT"])
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        release.start()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            opener.execute("PRAGMA journal_mode = WAL")
+
+        _switch_to_wal(opener, timeout=5.0)
+
+        assert opener.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        release.join()
+        opener.close()
+        holder.close()
+
+
+def test_switching_to_wal_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    opener = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            _switch_to_wal(opener, timeout=0.2)
+        assert time.monotonic() - started >= 0.2
+    finally:
+        opener.close()
+        holder.close()

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -115,6 +116,26 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def _switch_to_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode, waiting up to `timeout` for processes opening it at once.
+
+    The switch needs an exclusive lock, and where two connections would deadlock upgrading
+    their locks SQLite answers SQLITE_BUSY at once, without calling the busy handler; so
+    the wait is ours."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        else:
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class _Worker:
     """One sqlite3 connection and the one thread that uses it."""
 
@@ -129,7 +150,7 @@ class _Worker:
             self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
         )
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(db, self._busy_timeout)
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
             db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")

@@ -266,14 +266,18 @@ async def schedule_summary(database_url: str) -> asyncpg.Record:
         await conn.close()
 
 
-async def in_flight_of(database_url: str, owner: str) -> set[UUID]:
-    """Connections whose lease `owner` holds with a request recorded as sent."""
+async def in_flight_of(
+    database_url: str, owner: str, *, sent_for: timedelta = timedelta(0)
+) -> set[UUID]:
+    """Connections whose lease `owner` holds with a request recorded as sent at least
+    `sent_for` ago and not answered yet."""
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
             "SELECT id FROM provider_connections "
-            "WHERE refresh_lease_owner = $1 AND refresh_attempt_at IS NOT NULL",
+            "WHERE refresh_lease_owner = $1 AND refresh_attempt_at <= $2",
             owner,
+            utc_now() - sent_for,
         )
         return {r[0] for r in rows}
     finally:

@@ -96,6 +96,9 @@ def _fault_response(fault: Fault) -> Response:
 
 def build_app(sandbox: Sandbox) -> Starlette:
     async def token(request: Request) -> Response:
+        # A real server takes the whole request in before a worker gets to it, and serves it
+        # even if the client has gone by then: read the body before waiting in line.
+        await request.body()
         return await sandbox._serve_token_request(lambda: token_request(request))
 
     async def token_request(request: Request) -> Response:
