@@ -59,6 +59,8 @@ class StoredEvent:
     position: int
     sequence: int
     event: ConnectionEvent
+    # Where the whole log continues after this event (opaque: pass it back as `after`).
+    cursor: str = ""
 
     def payload(self) -> dict[str, Any]:
         """The JSON body the feed and webhooks carry (Standard Webhooks' type/timestamp/data)."""

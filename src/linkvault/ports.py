@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from uuid import UUID
 
 from linkvault.domain import ProviderConnection
+from linkvault.events import ConnectionEvent, StoredEvent
 
 if TYPE_CHECKING:
     from linkvault.oauth import TokenResponse
@@ -45,6 +46,29 @@ class ProviderConnectionRepository(Protocol):
 
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
         """ACTIVE connections whose credentials expire within `minutes` (or already have)."""
+        ...
+
+
+class EventLog(Protocol):
+    """The log of what happened to connections (a transactional outbox).
+
+    Stores write a connection's events with the change they describe: `save` writes the
+    connection's pending events (and connection.created for a new one), `delete` writes
+    connection.deleted; a change that does not commit leaves no event.
+    """
+
+    async def append_events(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
+        """Log events that change nothing else on the connection; False when it is gone."""
+        ...
+
+    async def connection_events(
+        self, connection_id: UUID, *, after: int = 0, limit: int = 100
+    ) -> list[StoredEvent]:
+        """One connection's events in order, after its sequence number `after`."""
+        ...
+
+    async def read_events(self, after: str | None = None, *, limit: int = 100) -> list[StoredEvent]:
+        """The whole log after the cursor `after` (None: from the start), oldest first."""
         ...
 
 

@@ -44,6 +44,7 @@ from linkvault.errors import (
     UnauthorizedClientError,
     UnknownProviderError,
 )
+from linkvault.events import ConnectionEvent, EventType
 from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
 from linkvault.ports import Cipher, TokenClient
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
@@ -536,12 +537,18 @@ class RefreshWorker:
             response, expires_at=token_expiry(response, provider, now), previous=current
         )
         sealed = seal_credentials(renewed, connection_id=conn.id, cipher=self.cipher)
+        recovered = (
+            _event(claim, EventType.RECOVERED, now, None, after_attempts=claim.failures)
+            if claim.failures
+            else None
+        )
         saved = await self.store.complete_refresh(
             conn.id,
             self.owner,
             started_from=conn.credentials.encrypted_data,
             credentials=sealed,
             next_refresh_at=self.policy.next_refresh(now, sealed.expires_at, self.rng),
+            events=() if recovered is None else (recovered,),
         )
         if provider.slug in self._failing:
             self._failing.discard(provider.slug)
@@ -719,8 +726,49 @@ class RefreshWorker:
             succeeded=succeeded,
             next_attempt_at=next_attempt_at,
             error=error,
+            events=_failure_events(claim, outcome, then, now, next_attempt_at, error),
         )
         return outcome
+
+
+def _failure_events(
+    claim: Claim,
+    outcome: Outcome,
+    then: _Then,
+    now: datetime,
+    next_attempt_at: datetime | None,
+    error: str | None,
+) -> tuple[ConnectionEvent, ...]:
+    """What a failed refresh that keeps the connection tells the application.
+
+    A transient failure: connection.refresh_failed, every attempt. One only an operator can
+    fix (credentials that do not open, a client the provider rejects): needs_attention, once.
+    """
+    if then is _Then.BACKOFF:
+        data = {"attempt": claim.failures + 1, "next_attempt_at": next_attempt_at}
+        return (_event(claim, EventType.REFRESH_FAILED, now, error, outcome=outcome.value, **data),)
+    if then in (_Then.RETRY, _Then.PARK) and claim.failures == 0:
+        return (_event(claim, EventType.NEEDS_ATTENTION, now, error, outcome=outcome.value),)
+    return ()
+
+
+def _event(
+    claim: Claim, kind: EventType, now: datetime, reason: str | None, **data: object
+) -> ConnectionEvent:
+    """An event about a claimed connection whose status stays as it is."""
+    c = claim.connection
+    status = c.status.value
+    return ConnectionEvent(
+        type=kind,
+        connection_id=c.id,
+        user_id=c.user_id,
+        provider_slug=c.provider_slug,
+        occurred_at=now,
+        from_status=status,
+        to_status=status,
+        reason=reason,
+        data=data,
+    )
 
 
 class _Then(Enum):

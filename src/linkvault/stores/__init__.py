@@ -13,7 +13,8 @@ from uuid import UUID
 
 from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, utc_now
 from linkvault.errors import InvalidArgumentError
-from linkvault.ports import ProviderConnectionRepository
+from linkvault.events import ConnectionEvent
+from linkvault.ports import EventLog, ProviderConnectionRepository
 from linkvault.stores.common import (
     CircuitCount,
     Claim,
@@ -25,7 +26,7 @@ from linkvault.stores.common import (
 DEFAULT_URL = "sqlite:///./linkvault.db"
 
 
-class ConnectionStore(ProviderConnectionRepository, Protocol):
+class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     """A repository that owns its resources: transactions, schema, close."""
 
     def transaction(self) -> AbstractAsyncContextManager[ConnectionStore]: ...
@@ -73,6 +74,7 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
         started_from: bytes,
         credentials: ProviderCredentials,
         next_refresh_at: datetime | None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> bool: ...
 
     async def record_lost(
@@ -87,6 +89,7 @@ class ConnectionStore(ProviderConnectionRepository, Protocol):
         succeeded: bool,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> int | None: ...
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None: ...

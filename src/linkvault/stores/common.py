@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
-from linkvault.domain import ConnectionStatus, ProviderConnection
+from linkvault.domain import ConnectionStatus, ProviderConnection, uuid7
 from linkvault.errors import InvalidArgumentError
+from linkvault.events import ConnectionEvent, EventType, StoredEvent
 
 
 class ClosingOnExit:
@@ -148,3 +152,106 @@ class PendingAuthorization:
             f"PendingAuthorization(connection_id={self.connection_id}, "
             f"expires_at={self.expires_at.isoformat()})"
         )
+
+
+# --- the event log -----------------------------------------------------------
+
+# An event as a store writes it: id, type, from status, to status, reason, data as JSON, time.
+# The connection, its user and its provider come from the row the same statement changes.
+EventRow = tuple[UUID, str, str | None, str | None, str | None, str, datetime]
+
+_CURSOR = re.compile(r"(\d{1,20})\.(\d{1,19})")
+START = ("0", 0)
+
+
+def event_rows(events: Sequence[ConnectionEvent]) -> list[EventRow]:
+    """Events as the stores write them, each with a new id."""
+    return [
+        (
+            uuid7(),
+            e.type.value,
+            e.from_status,
+            e.to_status,
+            e.reason,
+            json.dumps(dict(e.data), sort_keys=True, default=_json_default),
+            e.occurred_at,
+        )
+        for e in events
+    ]
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"an event cannot hold a {type(value).__name__}")
+
+
+def created_event(connection: ProviderConnection) -> ConnectionEvent:
+    """connection.created, written with the row's insert."""
+    return ConnectionEvent(
+        type=EventType.CREATED,
+        connection_id=connection.id,
+        user_id=connection.user_id,
+        provider_slug=connection.provider_slug,
+        occurred_at=connection.created_at,
+        to_status=connection.status.value,
+    )
+
+
+def deleted_event(connection_id: UUID, user_id: UUID, slug: str, at: datetime) -> ConnectionEvent:
+    """connection.deleted (its from status is the row's, which the delete statement knows)."""
+    return ConnectionEvent(
+        type=EventType.DELETED,
+        connection_id=connection_id,
+        user_id=user_id,
+        provider_slug=slug,
+        occurred_at=at,
+    )
+
+
+def parse_cursor(cursor: str | None) -> tuple[str, int]:
+    """The (transaction, position) an events cursor names; InvalidArgumentError if malformed."""
+    if cursor is None:
+        return START
+    match = _CURSOR.fullmatch(cursor) if isinstance(cursor, str) else None
+    if match is None:
+        raise InvalidArgumentError("an events cursor is two numbers joined by a dot, e.g. 0.0")
+    return match.group(1), int(match.group(2))
+
+
+def stored_event(
+    position: int,
+    id: UUID,
+    connection_id: UUID,
+    user_id: UUID,
+    provider_slug: str,
+    seq: int,
+    type: str,
+    from_status: str | None,
+    to_status: str | None,
+    reason: str | None,
+    data: str,
+    occurred_at: datetime,
+    tx: str,
+) -> StoredEvent:
+    """An event read back from a store's log."""
+    event = ConnectionEvent(
+        type=EventType(type),
+        connection_id=connection_id,
+        user_id=user_id,
+        provider_slug=provider_slug,
+        occurred_at=occurred_at,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        data=json.loads(data),
+    )
+    return StoredEvent(id, int(position), int(seq), event, f"{tx}.{int(position)}")
+
+
+def check_sequence(after: int) -> int:
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidArgumentError("after must be a non-negative event sequence number")
+    return after

@@ -13,21 +13,28 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
-from linkvault.domain import Clock, ProviderConnection, ProviderCredentials
+from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, uuid7
 from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
+from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores.common import (
     MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
     ClosingOnExit,
     ConnectionFilter,
+    EventRow,
     PendingAuthorization,
     RefreshBacklog,
     check_limit,
     check_minutes,
     check_owner,
+    check_sequence,
+    created_event,
+    event_rows,
     list_query,
     lost_attempt,
+    parse_cursor,
+    stored_event,
 )
 from linkvault.stores.migrations import latest_version
 
@@ -71,6 +78,18 @@ class StoreEngine(ClosingOnExit):
         self, lost: Statement, due: Callable[[int], Statement], limit: int
     ) -> Awaitable[Sequence[Row]]:
         """Rows of `lost`, then of `due(limit - found)` while fewer than `limit` were found."""
+        raise NotImplementedError
+
+    def _logged(
+        self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]
+    ) -> Awaitable[Any]:
+        """Run the named change and append `events` to the log atomically with it.
+
+        The change returns (value, last_seq, connection_id, user_id, provider_slug,
+        from_status) and has already numbered the events (its last argument is how many); the
+        events take their connection, user, provider and (where unset) from status from that
+        row. Returns the value, or None when the change touched no row (and no event is kept).
+        """
         raise NotImplementedError
 
     def _row_to_connection(self, row: Row) -> ProviderConnection:
@@ -165,20 +184,40 @@ class StoreEngine(ClosingOnExit):
     async def find_active_by_user(self, user_id: UUID) -> list[ProviderConnection]:
         return await self._many("find_active_by_user", self._key(user_id))
 
+    async def _change(
+        self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[ConnectionEvent]
+    ) -> Any:
+        """A change that numbers `len(events)` events, with the events when there are any."""
+        if not events:
+            return await self._fetchval(operation, self._q[name], (*args, 0))
+        return await self._logged(operation, name, (*args, len(events)), event_rows(events))
+
     async def save(self, connection: ProviderConnection) -> None:
         params = self._connection_params(connection)
         expected = connection.version
+        events = connection.pending_events()
         if expected == 0:
-            version = await self._fetchval("save", self._q["insert"], params)
+            events = (created_event(connection), *events)
+            version = await self._change("save", "insert", params, events)
         else:
-            version = await self._fetchval("save", self._q["update"], (*params, expected))
+            version = await self._change("save", "update", (*params, expected), events)
         if version is None:
             raise StaleConnectionError(connection.id, expected)
         connection.version = version
+        connection.events_saved()
 
     async def delete(self, connection_id: UUID) -> None:
-        key = self._key(connection_id)
-        if await self._value("delete", key) is None:
+        deleted: EventRow = (
+            uuid7(),
+            EventType.DELETED.value,
+            None,
+            None,
+            None,
+            "{}",
+            self._clock(),
+        )
+        args = (self._key(connection_id), 1)
+        if await self._logged("delete", "delete", args, [deleted]) is None:
             raise NotFoundError(connection_id)
 
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
@@ -278,8 +317,9 @@ class StoreEngine(ClosingOnExit):
         started_from: bytes,
         credentials: ProviderCredentials,
         next_refresh_at: datetime | None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> bool:
-        """Store refreshed credentials and close the lease in one statement.
+        """Store refreshed credentials and close the lease in one statement, with `events`.
 
         Applied only while the row still holds the grant `started_from`; False otherwise.
         """
@@ -292,7 +332,7 @@ class StoreEngine(ClosingOnExit):
             self._time(self._clock()),
             self._time(next_refresh_at),
         )
-        return await self._value("complete_refresh", *args) is not None
+        return await self._change("complete_refresh", "complete_refresh", args, events) is not None
 
     async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
         """A request whose answer never came: keep its record, hand the row back for a replay."""
@@ -307,11 +347,13 @@ class StoreEngine(ClosingOnExit):
         succeeded: bool,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> int | None:
-        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        """Close a lease `owner` still holds, with `events`; the failure count after it, or
+        None if the lease was lost (and no event is kept)."""
         key, next_at = self._key(connection_id), self._time(next_attempt_at)
         args = (key, owner, succeeded, next_at, error)
-        value = await self._value("finish_claim", *args)
+        value = await self._change("finish_claim", "finish_claim", args, events)
         return None if value is None else int(value)
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
@@ -398,6 +440,42 @@ class StoreEngine(ClosingOnExit):
         return PendingAuthorization(
             state_hash, connection_id, row[1], row[2], row[3], created, expires
         )
+
+    # --- the event log -------------------------------------------------------
+
+    async def append_events(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
+        """Log events that change nothing else on the connection; False when it is gone."""
+        if not events:
+            return await self.find_by_id(connection_id) is not None
+        args = (self._key(connection_id), len(events))
+        return (
+            await self._logged("append_events", "append_events", args, event_rows(events))
+            is not None
+        )
+
+    async def connection_events(
+        self, connection_id: UUID, *, after: int = 0, limit: int = 100
+    ) -> list[StoredEvent]:
+        """One connection's events in order, after its sequence number `after`."""
+        args = (self._key(connection_id), check_sequence(after), check_limit(limit))
+        return [self._event(r) for r in await self._rows("connection_events", *args)]
+
+    async def read_events(self, after: str | None = None, *, limit: int = 100) -> list[StoredEvent]:
+        """The log after the cursor `after` (None: from the start), oldest first.
+
+        Each event's `cursor` continues from it. An event shows here once every transaction
+        older than its own has ended, so a cursor never moves past one that commits late.
+        """
+        tx, position = parse_cursor(after)
+        rows = await self._rows("events_after", tx, position, check_limit(limit))
+        return [self._event(r) for r in rows]
+
+    def _event(self, row: Row) -> StoredEvent:
+        uuid, at = self._uuid, self._at
+        return stored_event(
+            row[0], uuid(row[1]), uuid(row[2]), uuid(row[3]), row[4], row[5], row[6],
+            row[7], row[8], row[9], row[10], at(row[11]), str(row[12]),
+        )  # fmt: skip
 
     # --- schema --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from linkvault.domain import (
     utc_now,
 )
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
+from linkvault.events import ConnectionEvent, StoredEvent
 from linkvault.stores.common import (
     MAX_CIRCUIT_ERROR,
     CircuitCount,
@@ -28,7 +29,13 @@ from linkvault.stores.common import (
     check_limit,
     check_minutes,
     check_owner,
+    check_sequence,
+    created_event,
+    deleted_event,
+    event_rows,
     lost_attempt,
+    parse_cursor,
+    stored_event,
 )
 
 
@@ -99,6 +106,9 @@ class InMemoryConnectionRepository(ClosingOnExit):
         self._clock = clock
         self._lock = asyncio.Lock()
         self._in_transaction = False
+        # The event log, and each connection's last event sequence (kept after a delete).
+        self._log: list[StoredEvent] = []
+        self._seqs: dict[UUID, int] = {}
 
     async def close(self) -> None:
         return None
@@ -110,12 +120,14 @@ class InMemoryConnectionRepository(ClosingOnExit):
             snapshot = dict(self._rows)
             schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             states = dict(self._states)
+            log, seqs = list(self._log), dict(self._seqs)
             try:
                 yield self
             except BaseException:
                 self._rows = snapshot
                 self._schedules = schedules
                 self._states = states
+                self._log, self._seqs = log, seqs
                 raise
             return
         async with self._lock:
@@ -124,11 +136,13 @@ class InMemoryConnectionRepository(ClosingOnExit):
             staged._schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             staged._states = dict(self._states)
             staged._circuits = self._circuits
+            staged._log, staged._seqs = list(self._log), dict(self._seqs)
             staged._in_transaction = True
             yield staged
             self._rows = staged._rows
             self._schedules = staged._schedules
             self._states = staged._states
+            self._log, self._seqs = staged._log, staged._seqs
 
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
         if not self._in_transaction:
@@ -190,7 +204,26 @@ class InMemoryConnectionRepository(ClosingOnExit):
             schedule.failures, schedule.next_at = 0, None
             schedule.clear_attempt()
         self._rows[connection.id] = copy
+        events = connection.pending_events()
+        self._append(copy, (created_event(copy), *events) if expected == 0 else events)
         connection.version = expected + 1
+        connection.events_saved()
+
+    def _append(
+        self, row: ProviderConnection, events: Sequence[ConnectionEvent], was: str | None = None
+    ) -> None:
+        """Log events about `row` (its user and provider; `was`: an unset from status)."""
+        seq = self._seqs.get(row.id, 0)
+        for eid, kind, from_status, to_status, reason, data, at in event_rows(events):
+            seq += 1
+            position = len(self._log) + 1
+            self._log.append(
+                stored_event(
+                    position, eid, row.id, row.user_id, row.provider_slug, seq, kind,
+                    from_status or was, to_status, reason, data, at, "0",
+                )
+            )  # fmt: skip
+        self._seqs[row.id] = seq
 
     async def delete(self, connection_id: UUID) -> None:
         if self._in_transaction:
@@ -200,8 +233,11 @@ class InMemoryConnectionRepository(ClosingOnExit):
             self._delete(connection_id)
 
     def _delete(self, connection_id: UUID) -> None:
-        if self._rows.pop(connection_id, None) is None:
+        row = self._rows.pop(connection_id, None)
+        if row is None:
             raise NotFoundError(connection_id)
+        gone = deleted_event(row.id, row.user_id, row.provider_slug, self._clock())
+        self._append(row, [gone], was=row.status.value)
         self._schedules.pop(connection_id, None)
         for key in [k for k, v in self._states.items() if v.connection_id == connection_id]:
             del self._states[key]
@@ -347,8 +383,9 @@ class InMemoryConnectionRepository(ClosingOnExit):
         started_from: bytes,
         credentials: ProviderCredentials,
         next_refresh_at: datetime | None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> bool:
-        """Store refreshed credentials and close the lease in one step.
+        """Store refreshed credentials and close the lease in one step, with `events`.
 
         Applied only while the row still holds the grant `started_from`; False otherwise.
         """
@@ -370,6 +407,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
                 s.owner, s.until = None, None
             s.failures, s.next_at, s.error = 0, next_refresh_at, None
             s.clear_attempt()
+            self._append(copy, events)
             return True
 
     async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
@@ -390,8 +428,10 @@ class InMemoryConnectionRepository(ClosingOnExit):
         succeeded: bool,
         next_attempt_at: datetime | None = None,
         error: str | None = None,
+        events: Sequence[ConnectionEvent] = (),
     ) -> int | None:
-        """Close a lease `owner` still holds; the failure count after it, or None if lost."""
+        """Close a lease `owner` still holds, with `events`; the failure count after it, or
+        None if the lease was lost (and no event is kept)."""
         async with self._lock:
             s = self._held(connection_id, owner)
             if s is None:
@@ -400,7 +440,38 @@ class InMemoryConnectionRepository(ClosingOnExit):
             s.failures = 0 if succeeded else s.failures + 1
             s.next_at, s.error = next_attempt_at, error
             s.clear_attempt()
+            self._append(self._rows[connection_id], events)
             return s.failures
+
+    # --- the event log -------------------------------------------------------
+
+    async def append_events(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
+        """Log events that change nothing else on the connection; False when it is gone."""
+        if self._in_transaction:
+            return self._append_to(connection_id, events)
+        async with self._lock:
+            return self._append_to(connection_id, events)
+
+    def _append_to(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
+        row = self._rows.get(connection_id)
+        if row is not None:
+            self._append(row, events)
+        return row is not None
+
+    async def connection_events(
+        self, connection_id: UUID, *, after: int = 0, limit: int = 100
+    ) -> list[StoredEvent]:
+        """One connection's events in order, after its sequence number `after`."""
+        after, limit = check_sequence(after), check_limit(limit)
+        found = [
+            e for e in self._log if e.event.connection_id == connection_id and e.sequence > after
+        ]
+        return found[:limit]
+
+    async def read_events(self, after: str | None = None, *, limit: int = 100) -> list[StoredEvent]:
+        """The log after the cursor `after` (None: from the start), oldest first."""
+        _, position = parse_cursor(after)
+        return self._log[position : position + check_limit(limit)]
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
         """Hand back leases never started, keeping their schedule."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, Self, TypeVar
 
 import asyncpg
@@ -17,6 +19,7 @@ from linkvault.errors import (
     SchemaError,
 )
 from linkvault.stores import queries
+from linkvault.stores.common import EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
@@ -24,6 +27,16 @@ T = TypeVar("T")
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _Q = queries.load("postgres")
+
+
+@cache
+def _logged_query(name: str, arity: int) -> str:
+    """The named change, and the insert of its events (arrays after its `arity` arguments)."""
+    events = re.sub(r"\$e(\d)", lambda m: f"${arity + int(m.group(1))}", _Q["insert_event"])
+    events = events.replace("$k", f"${arity}")
+    return f"WITH saved AS ({_Q[name]}), logged AS ({events}) SELECT value FROM saved"
+
+
 # An arbitrary constant naming linkvault's migration lock among the server's advisory locks.
 _MIGRATION_LOCK = 0x4C696E6B5661  # "LinkVa"
 
@@ -258,6 +271,13 @@ class PostgresConnectionRepository(StoreEngine):
         if len(rows) < limit:
             rows.extend(await self._fetch("claim_due", *due(limit - len(rows))))
         return rows
+
+    def _logged(
+        self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]
+    ) -> Awaitable[Any]:
+        # One statement: the change and its events commit together, in one round trip.
+        columns = tuple(list(column) for column in zip(*events, strict=True))
+        return self._fetchval(operation, _logged_query(name, len(args)), (*args, *columns))
 
     # asyncpg encodes and decodes UUIDs, timestamps and arrays itself.
     _row_to_connection = staticmethod(row_to_connection)

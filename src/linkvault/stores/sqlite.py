@@ -30,6 +30,7 @@ from linkvault.errors import (
     SchemaError,
 )
 from linkvault.stores import queries
+from linkvault.stores.common import EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
@@ -334,6 +335,42 @@ class SqliteConnectionRepository(StoreEngine):
             return rows
 
         return self._call("claim_due", run)
+
+    def _logged(
+        self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]
+    ) -> Awaitable[Any]:
+        change, insert = self._q[name], self._q["insert_event"]
+
+        def write(db: sqlite3.Connection) -> Any:
+            row = db.execute(change, args).fetchone()
+            if row is None:
+                return None
+            value, last, connection_id, user_id, slug, was = row
+            first = last - len(events)
+            db.executemany(
+                insert,
+                [
+                    (eid.bytes, connection_id, user_id, slug, first + n, kind,
+                     from_status or was, to_status, reason, data, to_micros(at))
+                    for n, (eid, kind, from_status, to_status, reason, data, at)
+                    in enumerate(events, 1)
+                ],
+            )  # fmt: skip
+            return value
+
+        def run(db: sqlite3.Connection) -> Any:
+            if db.in_transaction:
+                return write(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                value = write(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return value
+
+        return self._call(operation, run)
 
     _row_to_connection = staticmethod(row_to_connection)
 

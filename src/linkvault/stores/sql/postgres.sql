@@ -37,10 +37,10 @@ ORDER BY credentials_expire_at, id;
 
 -- name: insert
 -- A new entity (version 0): created at version 1, or nothing when the id is taken.
-INSERT INTO provider_connections (id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
+INSERT INTO provider_connections (id, user_id, provider_id, provider_slug, alias, status, status_reason, credential_type, encrypted_credentials, credentials_expire_at, connected_at, last_sync_at, created_at, updated_at, version, event_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15)
 ON CONFLICT (id) DO NOTHING
-RETURNING version;
+RETURNING version AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
 -- name: update
 -- A stored entity: updated only while the stored version is the one the copy was read at.
@@ -64,14 +64,23 @@ UPDATE provider_connections SET
     refresh_attempt_at = CASE WHEN encrypted_credentials IS DISTINCT FROM $9 THEN NULL ELSE refresh_attempt_at END,
     refresh_attempt_fingerprint = CASE WHEN encrypted_credentials IS DISTINCT FROM $9 THEN NULL ELSE refresh_attempt_fingerprint END,
     refresh_attempt_lost = CASE WHEN encrypted_credentials IS DISTINCT FROM $9 THEN NULL ELSE refresh_attempt_lost END,
-    version = version + 1
+    version = version + 1,
+    event_seq = event_seq + $16
 WHERE id = $1 AND version = $15
-RETURNING version;
+RETURNING version AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
 -- name: delete
+-- The row goes; its events stay, connection.deleted numbered after them ($2: one).
 DELETE FROM provider_connections
 WHERE id = $1
-RETURNING id;
+RETURNING id AS value, event_seq + $2 AS last_seq, id AS connection_id, user_id, provider_slug, status AS from_status;
+
+-- name: append_events
+-- Number events about a connection that change nothing else on it ($2: how many).
+UPDATE provider_connections
+SET event_seq = event_seq + $2
+WHERE id = $1
+RETURNING id AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
 -- name: list_by_user
 -- A listing driven by the user index; the other filters only narrow the user's few rows.
@@ -172,9 +181,10 @@ SET refresh_lease_owner = NULL,
     last_refresh_error = $5,
     refresh_attempt_at = NULL,
     refresh_attempt_fingerprint = NULL,
-    refresh_attempt_lost = NULL
+    refresh_attempt_lost = NULL,
+    event_seq = event_seq + $6
 WHERE id = $1 AND refresh_lease_owner = $2
-RETURNING refresh_failures;
+RETURNING refresh_failures AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
 -- name: begin_attempt
 -- The fence before a refresh request: extend the lease only while this worker still holds it
@@ -213,9 +223,10 @@ SET encrypted_credentials = $4,
     last_refresh_error = NULL,
     refresh_attempt_at = NULL,
     refresh_attempt_fingerprint = NULL,
-    refresh_attempt_lost = NULL
+    refresh_attempt_lost = NULL,
+    event_seq = event_seq + $8
 WHERE id = $1 AND status = 'active' AND encrypted_credentials = $3
-RETURNING version;
+RETURNING version AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
 -- name: record_lost
 -- A request was sent and its answer never came: keep the attempt on record, say how its answer
@@ -338,3 +349,33 @@ SELECT count(*)
 FROM oauth_states
 WHERE expires_at > $2
   AND substring(sealed_verifier FROM 1 FOR length($1::bytea)) = $1::bytea;
+
+-- name: connection_events
+-- One connection's events in their order, after sequence $2.
+SELECT position, id, connection_id, user_id, provider_slug, seq, type, from_status, to_status, reason, data::text, occurred_at, tx_id::text
+FROM connection_events
+WHERE connection_id = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3;
+
+-- name: events_after
+-- The whole log after the cursor ($1 transaction, $2 position), in (transaction, position)
+-- order, holding back events of transactions that are not older than every running one: a
+-- transaction still open may commit later with a lower position, and must not land behind a
+-- cursor that has moved past it.
+SELECT position, id, connection_id, user_id, provider_slug, seq, type, from_status, to_status, reason, data::text, occurred_at, tx_id::text
+FROM connection_events
+WHERE (tx_id, position) > ($1::text::xid8, $2)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id, position
+LIMIT $3;
+
+-- name: insert_event
+-- The events of a change, in the change's own statement (see _logged_query in postgres.py):
+-- `saved` is the change, returning the row's last event sequence after it; $k, the change's
+-- last argument, is how many events it numbered; $e1..$e7 are the events' columns as arrays.
+INSERT INTO connection_events (id, connection_id, user_id, provider_slug, seq, type, from_status, to_status, reason, data, occurred_at)
+SELECT e.id, saved.connection_id, saved.user_id, saved.provider_slug, saved.last_seq - $k + e.n,
+       e.type, coalesce(e.from_status, saved.from_status), e.to_status, e.reason, e.data::jsonb, e.occurred_at
+FROM saved, unnest($e1::uuid[], $e2::text[], $e3::text[], $e4::text[], $e5::text[], $e6::text[], $e7::timestamptz[])
+     WITH ORDINALITY AS e(id, type, from_status, to_status, reason, data, occurred_at, n);
