@@ -128,7 +128,15 @@ class Runtime:
             clock=clock,
             return_origins=ReturnOrigins(settings.return_origins),
         )
-        worker = RefreshWorker(store, registry, tokens, cipher, policy=policy, clock=clock)
+        worker = RefreshWorker(
+            store,
+            registry,
+            tokens,
+            cipher,
+            policy=policy,
+            clock=clock,
+            chores=[connect.fail_lapsed],
+        )
         return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
 
     async def close(self) -> None:

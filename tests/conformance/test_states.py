@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import pytest
 
+from linkvault.domain import ConnectionStatus
 from linkvault.errors import ConstraintViolationError
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
@@ -40,17 +41,45 @@ async def test_an_unknown_state_gives_none(store: ConnectionStore) -> None:
     assert await store.take_state(os.urandom(32)) is None
 
 
-async def test_expired_states_are_purged_when_new_ones_arrive(
+async def test_expired_states_are_kept_a_day_then_purged_when_new_ones_arrive(
     store: ConnectionStore, clock: FakeClock
 ) -> None:
     conn = await saved(store, make(clock))
     old = pending_for(conn.id, clock, minutes=10)
+    recent = pending_for(conn.id, clock, minutes=10)
     await store.put_state(old)
+    await store.put_state(recent)
     clock.advance(minutes=11)
+    await store.put_state(pending_for(conn.id, clock))
+    # Expired, but kept: a late callback is told it expired, the worker fails its connection.
+    assert await store.take_state(recent.state_hash) == recent
 
+    clock.advance(days=1)
     await store.put_state(pending_for(conn.id, clock))
 
     assert await store.take_state(old.state_hash) is None
+
+
+async def test_lapsed_authorizations_are_pending_connections_with_no_live_state(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    lapsed = await saved(store, make(clock))
+    await store.put_state(pending_for(lapsed.id, clock, minutes=10))
+    retried = await saved(store, make(clock))  # an earlier try lapsed, a new one is live
+    await store.put_state(pending_for(retried.id, clock, minutes=10))
+    await store.put_state(pending_for(retried.id, clock, minutes=30))
+    reconnecting = await saved(store, make(clock, status=ConnectionStatus.EXPIRED))
+    await store.put_state(pending_for(reconnecting.id, clock, minutes=10))
+    await saved(store, make(clock))  # pending without any authorization: not ours to judge
+
+    clock.advance(minutes=10)
+    assert await store.lapsed_authorizations() == []  # valid up to its expiry, inclusive
+    clock.advance(seconds=1)
+
+    assert await store.lapsed_authorizations() == [lapsed.id]
+    clock.advance(minutes=20)
+    assert sorted(await store.lapsed_authorizations()) == sorted([lapsed.id, retried.id])
+    assert len(await store.lapsed_authorizations(limit=1)) == 1
 
 
 async def test_deleting_the_connection_drops_its_states(

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 
+from linkvault import open_store
 from linkvault.crypto import generate_key
+from linkvault.domain import ConnectionStatus, ProviderConnection
+from linkvault.stores.common import PendingAuthorization
 from tests.conftest import PostgresServer
 from tests.support import free_port
 
@@ -145,3 +151,29 @@ def test_make_serve_path_serves_health_on_the_embedded_default(tmp_path: Path) -
     assert f"http://127.0.0.1:{port}/docs" in err
     assert (tmp_path / "linkvault.db").exists()
     assert (tmp_path / "linkvault.keys").stat().st_mode & 0o077 == 0
+
+
+async def test_the_worker_fails_a_connection_whose_authorization_lapsed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/lapsed.db"
+    now = datetime.now(UTC)
+    async with await open_store(url, migrate=True) as store:
+        conn = ProviderConnection(user_id=uuid4(), provider_id=uuid4(), provider_slug="sandbox")
+        await store.save(conn)
+        await store.put_state(
+            PendingAuthorization(
+                os.urandom(32), conn.id, os.urandom(60), "http://127.0.0.1/cb", None,
+                now - timedelta(minutes=20), now - timedelta(minutes=10),
+            )
+        )  # fmt: skip
+
+    result = await asyncio.to_thread(
+        cli, "worker", "--until-idle", "-d", url, cwd=tmp_path,
+        env={"LINKVAULT_KEYS": generate_key("k1")},
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    async with await open_store(url) as store:
+        stored = await store.find_by_id(conn.id)
+        assert stored is not None
+        assert stored.status is ConnectionStatus.FAILED
+        assert stored.status_reason == "authorization was not completed"

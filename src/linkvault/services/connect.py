@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ from linkvault.errors import (
     OAuthError,
     ProviderUnavailableError,
     RateLimitedError,
+    StaleConnectionError,
     UnknownProviderError,
 )
 from linkvault.oauth import (
@@ -53,6 +55,9 @@ from linkvault.stores import ConnectionStore
 from linkvault.stores.common import PendingAuthorization
 
 STATE_TTL = timedelta(minutes=10)
+LAPSED_REASON = "authorization was not completed"
+
+log = logging.getLogger("linkvault.connect")
 
 _REAUTHORIZABLE = frozenset(
     {
@@ -457,6 +462,24 @@ class ConnectService:
         if url is None or self.return_origins is None or self.return_origins.allows(url):
             return url
         return None
+
+    async def fail_lapsed(self, *, limit: int = 100) -> int:
+        """Mark FAILED the PENDING connections whose every authorization expired unanswered
+        (connection.failed, "authorization was not completed"); how many were."""
+        failed = 0
+        for connection_id in await self.store.lapsed_authorizations(limit=limit):
+            conn = await self.store.find_by_id(connection_id)
+            if conn is None or conn.status is not ConnectionStatus.PENDING:
+                continue
+            conn.mark_failed(LAPSED_REASON, now=self.clock())
+            try:
+                await self.store.save(conn)
+            except StaleConnectionError:
+                continue  # its callback (or a reconnect) got there first: that change wins
+            failed += 1
+        if failed:
+            log.info("%d connection(s) failed: their authorization was not completed", failed)
+        return failed
 
     async def _fail(
         self, conn: ProviderConnection, pending: PendingAuthorization, reason: str

@@ -19,7 +19,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
@@ -244,6 +244,9 @@ class _Lease:
         return work.result()
 
 
+CHORES_EVERY = 30.0  # seconds between two runs of the worker's chores
+
+
 class RefreshWorker:
     """Claims due connections and refreshes them, a few at a time per provider."""
 
@@ -258,8 +261,12 @@ class RefreshWorker:
         owner: str | None = None,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        chores: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
+        """`chores`: upkeep the worker also runs, at start and every CHORES_EVERY seconds
+        (the runtime passes failing lapsed authorizations)."""
         self.store = store
+        self.chores = tuple(chores)
         self.registry = registry
         self.tokens = tokens
         self.cipher = cipher
@@ -287,8 +294,13 @@ class RefreshWorker:
         live: set[asyncio.Task[Outcome | None]] = set()
         stopped = asyncio.create_task(stop.wait())
         gauges_at = 0.0
+        chores_at = -CHORES_EVERY
         try:
             while not stop.is_set():
+                if time.monotonic() - chores_at >= CHORES_EVERY:
+                    chores_at = time.monotonic()
+                    for chore in self.chores:
+                        await self._quietly(chore())
                 free = p.concurrency - len(live) + self._parked()
                 claimed = 0
                 if self._may_claim(free, live):

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -14,6 +14,11 @@ from uuid import UUID
 from linkvault.domain import ConnectionStatus, ProviderConnection, uuid7
 from linkvault.errors import InvalidArgumentError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
+
+# How long an authorization nobody answered is kept after it expired: long enough for the
+# worker to mark its PENDING connection FAILED (lapsed_authorizations), and for a late callback
+# to be told it expired rather than that it is unknown.
+LAPSED_KEPT = timedelta(days=1)
 
 
 class ClosingOnExit:

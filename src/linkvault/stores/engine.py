@@ -17,6 +17,7 @@ from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, uui
 from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores.common import (
+    LAPSED_KEPT,
     MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
@@ -428,8 +429,15 @@ class StoreEngine(ClosingOnExit):
             self._time(p.created_at),
             self._time(p.expires_at),
         )
-        purge = (self._q["purge_states"], (self._time(p.created_at),))
+        purge = (self._q["purge_states"], (self._time(p.created_at - LAPSED_KEPT),))
         await self._execute_all("put_state", (purge, (self._q["put_state"], args)))
+
+    async def lapsed_authorizations(self, *, limit: int = 100) -> list[UUID]:
+        """PENDING connections whose every authorization expired unanswered."""
+        rows = await self._rows(
+            "lapsed_authorizations", self._time(self._clock()), check_limit(limit)
+        )
+        return [self._uuid(r[0]) for r in rows]
 
     async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""

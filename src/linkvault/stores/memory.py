@@ -19,6 +19,7 @@ from linkvault.domain import (
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.events import ConnectionEvent, StoredEvent
 from linkvault.stores.common import (
+    LAPSED_KEPT,
     MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
@@ -599,14 +600,29 @@ class InMemoryConnectionRepository(ClosingOnExit):
             self._put_state(pending)
 
     def _put_state(self, pending: PendingAuthorization) -> None:
-        now = pending.created_at
-        for key in [k for k, v in self._states.items() if v.expires_at < now]:
+        kept_from = pending.created_at - LAPSED_KEPT
+        for key in [k for k, v in self._states.items() if v.expires_at < kept_from]:
             del self._states[key]
         if pending.connection_id not in self._rows:
             raise ConstraintViolationError("put_state: the connection does not exist")
         if pending.state_hash in self._states:
             raise ConstraintViolationError("put_state: the state is already in use")
         self._states[pending.state_hash] = pending
+
+    async def lapsed_authorizations(self, *, limit: int = 100) -> list[UUID]:
+        """PENDING connections whose every authorization expired unanswered."""
+        limit = check_limit(limit)
+        async with self._lock:
+            now = self._clock()
+            live = {p.connection_id for p in self._states.values() if p.expires_at >= now}
+            lapsed = {
+                p.connection_id
+                for p in self._states.values()
+                if p.connection_id not in live
+                and (c := self._rows.get(p.connection_id)) is not None
+                and c.status is ConnectionStatus.PENDING
+            }
+            return sorted(lapsed)[:limit]
 
     async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""

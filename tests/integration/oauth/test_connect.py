@@ -594,3 +594,39 @@ async def test_codes_verifiers_states_and_tokens_never_reach_logs_or_reprs(
     assert caplog.records, "the flow logged nothing at DEBUG: the scan would prove nothing"
     for secret in secrets:
         assert all(secret not in text for text in seen), "a secret leaked"
+
+
+async def test_an_authorization_nobody_completes_fails_its_connection_with_an_event(
+    connect: Connect,
+) -> None:
+    started = await connect.start()
+    late = await drive_consent(started.authorize_url)  # its callback never comes in time
+    answered = await connect.start()
+    params = await drive_consent(answered.authorize_url, subject="bob")
+    assert (
+        await connect.service.complete_oauth(state=params["state"], code=params["code"])
+    ).succeeded
+    connect.clock.advance(minutes=10)
+    assert await connect.service.fail_lapsed() == 0  # still valid at ten minutes
+    connect.clock.advance(seconds=1)
+
+    assert await connect.service.fail_lapsed() == 1
+    assert await connect.service.fail_lapsed() == 0
+
+    stored = await connect.stored(started.connection.id)
+    assert stored.status is ConnectionStatus.FAILED
+    assert stored.status_reason == "authorization was not completed"
+    assert (await connect.stored(answered.connection.id)).status is ConnectionStatus.ACTIVE
+    last = (await connect.store.connection_events(stored.id))[-1]
+    assert (last.event.type.value, last.event.from_status, last.event.to_status) == (
+        "connection.failed",
+        "pending",
+        "failed",
+    )
+    assert last.event.reason == "authorization was not completed"
+    # A callback that comes after all is refused with a reason, and changes nothing.
+    result = await connect.service.complete_oauth(state=late["state"], code=late["code"])
+    assert not result.succeeded
+    assert result.error
+    assert (await connect.stored(stored.id)).status_reason == "authorization was not completed"
+    assert late["code"] not in connect.tokens.sent

@@ -379,3 +379,17 @@ SELECT e.id, saved.connection_id, saved.user_id, saved.provider_slug, saved.last
        e.type, coalesce(e.from_status, saved.from_status), e.to_status, e.reason, e.data::jsonb, e.occurred_at
 FROM saved, unnest($e1::uuid[], $e2::text[], $e3::text[], $e4::text[], $e5::text[], $e6::text[], $e7::timestamptz[])
      WITH ORDINALITY AS e(id, type, from_status, to_status, reason, data, occurred_at, n);
+
+-- name: lapsed_authorizations
+-- PENDING connections whose every authorization expired unanswered (valid up to and
+-- including its expiry, as the callback takes it), as of $1 (expired
+-- authorizations are kept a day for this; see put_state).
+SELECT DISTINCT s.connection_id
+FROM oauth_states s
+JOIN provider_connections c ON c.id = s.connection_id
+WHERE s.expires_at < $1
+  AND c.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM oauth_states live
+      WHERE live.connection_id = s.connection_id AND live.expires_at >= $1)
+LIMIT $2;

@@ -358,3 +358,17 @@ FROM connection_events
 WHERE position > ?2
 ORDER BY position
 LIMIT ?3;
+
+-- name: lapsed_authorizations
+-- PENDING connections whose every authorization expired unanswered (valid up to and
+-- including its expiry, as the callback takes it), as of ?1 (expired
+-- authorizations are kept a day for this; see put_state).
+SELECT DISTINCT s.connection_id
+FROM oauth_states s
+JOIN provider_connections c ON c.id = s.connection_id
+WHERE s.expires_at < ?1
+  AND c.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM oauth_states live
+      WHERE live.connection_id = s.connection_id AND live.expires_at >= ?1)
+LIMIT ?2;
