@@ -30,7 +30,7 @@ _Q = queries.load("postgres")
 
 
 @cache
-def _logged_query(name: str, arity: int) -> str:
+def logged_query(name: str, arity: int) -> str:
     """The named change, and the insert of its events (arrays after its `arity` arguments)."""
     events = re.sub(r"\$e(\d)", lambda m: f"${arity + int(m.group(1))}", _Q["insert_event"])
     events = events.replace("$k", f"${arity}")
@@ -277,7 +277,7 @@ class PostgresConnectionRepository(StoreEngine):
     ) -> Awaitable[Any]:
         # One statement: the change and its events commit together, in one round trip.
         columns = tuple(list(column) for column in zip(*events, strict=True))
-        return self._fetchval(operation, _logged_query(name, len(args)), (*args, *columns))
+        return self._fetchval(operation, logged_query(name, len(args)), (*args, *columns))
 
     # asyncpg encodes and decodes UUIDs, timestamps and arrays itself.
     _row_to_connection = staticmethod(row_to_connection)
