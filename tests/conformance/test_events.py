@@ -12,7 +12,7 @@ from linkvault.errors import InvalidArgumentError, NotFoundError, StaleConnectio
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
-from tests.factories import creds, make, saved
+from tests.factories import MARKER_USER, creds, make, read_all, saved, settled_log
 
 LEASE = timedelta(minutes=5)
 
@@ -90,7 +90,7 @@ async def test_a_rolled_back_unit_of_work_leaves_no_event(
     store: ConnectionStore, clock: FakeClock
 ) -> None:
     conn = await saved(store, make(clock, status=ConnectionStatus.ACTIVE))
-    before = await store.read_events(limit=1000)
+    before = await settled_log(store)
 
     async def fails() -> None:
         async with store.transaction() as tx:
@@ -105,7 +105,7 @@ async def test_a_rolled_back_unit_of_work_leaves_no_event(
     with pytest.raises(RuntimeError):
         await fails()
 
-    assert await store.read_events(limit=1000) == before
+    assert await settled_log(store) == before
     assert kinds(await store.connection_events(conn.id)) == [
         "connection.created",
         "connection.activated",
@@ -133,13 +133,13 @@ async def test_events_outlive_their_connection_and_a_missing_one_logs_nothing(
 ) -> None:
     conn = await saved(store, make(clock))
     await store.delete(conn.id)
-    before = await store.read_events(limit=1000)
+    before = await settled_log(store)
 
     with pytest.raises(NotFoundError):
         await store.delete(conn.id)
     assert not await store.append_events(conn.id, [note(clock, conn.id, EventType.NEEDS_ATTENTION)])
 
-    assert await store.read_events(limit=1000) == before
+    assert await settled_log(store) == before
     assert kinds(await store.connection_events(conn.id)) == [
         "connection.created",
         "connection.deleted",
@@ -210,18 +210,23 @@ async def test_the_log_reads_in_pages_and_a_cursor_continues_where_it_stopped(
     store: ConnectionStore, clock: FakeClock
 ) -> None:
     conns = [await saved(store, make(clock)) for _ in range(5)]
-    first = await store.read_events(limit=3)
-    rest = await store.read_events(first[-1].cursor, limit=100)
+    everything = await settled_log(store)
 
-    assert [e.event.connection_id for e in first + rest][-5:] == [c.id for c in conns]
-    assert len({e.id for e in first + rest}) == len(first + rest)
-    assert await store.read_events(rest[-1].cursor) == []
-    positions = [e.position for e in first + rest]
+    first = await store.read_events(limit=3)
+    rest = await read_all(store, first[-1].cursor)
+    shown = [e for e in first + rest if e.event.user_id != MARKER_USER]
+
+    assert len(first) == 3
+    assert shown == everything
+    assert [e.event.connection_id for e in shown][-5:] == [c.id for c in conns]
+    assert len({e.id for e in shown}) == len(shown)
+    positions = [e.position for e in shown]
     assert positions == sorted(positions)
+    end = rest[-1].cursor
+    assert await store.read_events(end) == []
 
     later = await saved(store, make(clock))
-    [new] = await store.read_events(rest[-1].cursor)
-    assert new.event.connection_id == later.id
+    assert [e.event.connection_id for e in await settled_log(store, end)] == [later.id]
 
 
 async def test_one_connection_s_events_page_by_sequence(

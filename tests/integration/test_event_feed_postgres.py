@@ -12,7 +12,7 @@ import asyncio
 from linkvault.events import StoredEvent
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
-from tests.factories import make, saved
+from tests.factories import make, saved, settled_log
 
 
 async def test_an_event_that_commits_after_a_later_one_is_not_skipped(
@@ -40,7 +40,7 @@ async def test_an_event_that_commits_after_a_later_one_is_not_skipped(
         slow_may_commit.set()
         await slow_task
     assert held_back == []
-    events = await postgres_store.read_events(cursor)
+    events = await settled_log(postgres_store, cursor)
 
     assert [e.event.type.value for e in events] == ["connection.created"] * 2
     assert events[-1].event.connection_id == fast.id
@@ -72,6 +72,7 @@ async def test_a_cursor_taken_mid_way_resumes_without_gaps_or_repeats(
         else:
             await asyncio.sleep(0.001)
     await writers
+    seen += await settled_log(postgres_store, cursor)
 
     assert len(seen) == 100
     assert len({e.id for e in seen}) == 100

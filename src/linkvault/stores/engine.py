@@ -471,8 +471,11 @@ class StoreEngine(ClosingOnExit):
     async def read_events(self, after: str | None = None, *, limit: int = 100) -> list[StoredEvent]:
         """The log after the cursor `after` (None: from the start), oldest first.
 
-        Each event's `cursor` continues from it. An event shows here once every transaction
-        older than its own has ended, so a cursor never moves past one that commits late.
+        Each event's `cursor` continues from it. On PostgreSQL an event shows here once every
+        transaction older than its own has ended (in the whole cluster: PostgreSQL cannot
+        tell whether one still open will add an earlier event), so a cursor never moves past
+        one that commits late; a session left idle inside a transaction holds the log back
+        until it ends (`idle_in_transaction_session_timeout` bounds that).
         """
         tx, position = parse_cursor(after)
         rows = await self._rows("events_after", tx, position, check_limit(limit))
