@@ -14,7 +14,7 @@ from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentia
 from linkvault.crypto import AesGcmCipher
 from linkvault.domain import ProviderConnection
 from linkvault.oauth import HttpxTokenClient, TokenResponse
-from linkvault.providers import Provider, ProviderRegistry
+from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock, RunningSandbox
@@ -74,6 +74,11 @@ class Bench:
     @property
     def provider(self) -> Provider:
         return self.registry.get("sandbox")
+
+    def reject_client(self) -> None:
+        """From now on the sandbox refuses this client: its secret here is wrong."""
+        env = {**self.running.env(), "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "not-the-secret"}
+        self.registry = load_registry(env=env)
 
     def worker(
         self,

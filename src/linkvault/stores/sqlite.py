@@ -137,6 +137,22 @@ def _switch_to_wal(db: sqlite3.Connection, timeout: float) -> None:
         pause = min(pause * 2, 0.1)
 
 
+def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work` in a write transaction: the caller's if one is open, else one of its own."""
+    if db.in_transaction:
+        return work(db)
+    # IMMEDIATE takes the write lock up front: a read lock upgraded later can fail with
+    # SQLITE_BUSY that no busy timeout resolves.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
 class _Worker:
     """One sqlite3 connection and the one thread that uses it."""
 
@@ -322,19 +338,7 @@ class SqliteConnectionRepository(StoreEngine):
                 rows.extend(more)
             return rows
 
-        def run(db: sqlite3.Connection) -> list[Any]:
-            if db.in_transaction:
-                return claim(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = claim(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return rows
-
-        return self._call("claim_due", run)
+        return self._call("claim_due", lambda db: _in_transaction(db, claim))
 
     def _logged(
         self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]
@@ -358,19 +362,7 @@ class SqliteConnectionRepository(StoreEngine):
             )  # fmt: skip
             return value
 
-        def run(db: sqlite3.Connection) -> Any:
-            if db.in_transaction:
-                return write(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                value = write(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return value
-
-        return self._call(operation, run)
+        return self._call(operation, lambda db: _in_transaction(db, write))
 
     _row_to_connection = staticmethod(row_to_connection)
 

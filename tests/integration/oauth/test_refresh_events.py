@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from linkvault.domain import ConnectionStatus
 from linkvault.events import StoredEvent
-from linkvault.providers import load_registry
 from linkvault.testing import FaultKind
 from tests.refreshing import POLICY, Bench
 
@@ -65,8 +64,7 @@ async def test_a_client_the_provider_rejects_needs_attention_once_not_every_retr
     bench: Bench,
 ) -> None:
     conn = await bench.connection()
-    env = {**bench.running.env(), "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "not-the-secret"}
-    bench.registry = load_registry(env=env)
+    bench.reject_client()
     worker = bench.worker()
 
     assert await worker.run_once() == 1

@@ -9,7 +9,6 @@ import pytest
 from linkvault.credentials import OAuth2Tokens, seal_credentials
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus
-from linkvault.providers import load_registry
 from linkvault.services.refresh import Outcome, RefreshPolicy
 from linkvault.testing import FaultKind
 from tests.refreshing import POLICY, Bench, WatchedTokenClient
@@ -155,8 +154,7 @@ async def test_rejected_client_credentials_leave_the_connection_active_and_retry
     bench: Bench,
 ) -> None:
     conn = await bench.connection()
-    env = {**bench.running.env(), "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "not-the-secret"}
-    bench.registry = load_registry(env=env)
+    bench.reject_client()
     worker = bench.worker()
 
     assert await worker.run_once() == 1
