@@ -1,8 +1,9 @@
 """Benchmark linkvault's PostgreSQL and SQLite stores against their raw drivers.
 
 Every port method runs through linkvault's store and through the raw driver sending the
-very same SQL text (linkvault.stores.queries) with the same parameters, same keys, same
-pool sizes, in alternating runs. See bench/README.md.
+very same SQL text (linkvault.stores.queries; for a change with events, the same statement or
+transaction that also writes them) with the same parameters, same keys, same pool sizes, in
+alternating runs. See bench/README.md.
 
     .venv/bin/python bench/bench_store.py [--rows 100000] [--expiring-rows 1000000]
                                           [--only postgres|sqlite] [--quick]
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pgproto import pgproto
 from common import (
     COLUMNS,
     Cell,
@@ -44,6 +46,7 @@ from common import (
     fmt_rate,
     fmt_us,
     generate_rows,
+    micros,
     mode_name,
     render_table,
     row_to_entity,
@@ -52,8 +55,9 @@ from common import (
 )
 
 from linkvault.domain import ProviderConnection
+from linkvault.events import EventType
 from linkvault.stores import queries
-from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.stores.postgres import PostgresConnectionRepository, logged_query
 from linkvault.stores.sqlite import SqliteConnectionRepository
 
 T = TypeVar("T")
@@ -69,6 +73,31 @@ SQLITE_Q = queries.load("sqlite")
 
 LV, RAW = "linkvault", "raw"
 RAW_THREAD, RAW_DIRECT = "raw-thread", "raw-direct"
+
+# --- the raw side's events -------------------------------------------------------
+#
+# linkvault's store builds every event row inside the call (a UUIDv7, the JSON of its data,
+# the row tuple), so the raw baselines build theirs inside the timed op too, as cheaply as
+# plain code can: the id is UUIDv7's layout without its version bits, the time in ms then
+# 10 random bytes (so both sides' ids interleave at the right edge of the log's unique id
+# index, as linkvault's alone would; about 0.45 us against 1.3 us for uuid7(); for asyncpg
+# wrapped in its own UUID type, which it encodes without conversion), the data is the
+# constant "{}" (the benchmark's events carry none, where the store runs json.dumps), and
+# whatever does not change from call to call (the event type, NULL columns, the store's
+# frozen clock) is built once per run. Whatever linkvault spends beyond that is its
+# overhead, and counts against it.
+
+
+def event_id() -> bytes:
+    """A new event id: 16 bytes, the time in milliseconds first (UUIDv7's order)."""
+    return (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+
+
+# The one-element event arrays of PostgreSQL's logged statements that never change.
+CREATED = [EventType.CREATED.value]
+DELETED = [EventType.DELETED.value]
+NONE: list[None] = [None]
+EMPTY_DATA = ["{}"]
 
 
 def log(message: str) -> None:
@@ -206,6 +235,7 @@ class PostgresBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [by_id[k][:14] for k in targets]
+        # What store.save sends for an entity without pending events: no event ($16 = 0).
         update_sql = PG_Q["update"]
 
         async def lv_update(n: int, run_no: int) -> Prepared:
@@ -219,7 +249,7 @@ class PostgresBench:
             async def op(i: int) -> object:
                 entity = entities[i]
                 async with pool.acquire() as conn:
-                    version = await conn.fetchval(update_sql, *params[i], entity.version)
+                    version = await conn.fetchval(update_sql, *params[i], entity.version, 0)
                 if version is None:
                     raise StaleInBenchmarkError(entity.id)
                 entity.version = version
@@ -229,7 +259,8 @@ class PostgresBench:
 
         methods.append(Method("save (update)", 500, len(targets), {RAW: raw_update, LV: lv_update}))
 
-        insert_sql = PG_Q["insert"]
+        # A new connection always gets its connection.created event, in the insert's statement.
+        insert_sql = logged_query("insert", 15)
 
         async def lv_insert(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -244,10 +275,17 @@ class PostgresBench:
         async def raw_insert(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
             values = [r[:14] for r in rows]
+            # connection.created: to the row's status, at its creation time.
+            to_status = [[r[5]] for r in rows]
+            created_at = [[r[12]] for r in rows]
 
             async def op(i: int) -> object:
+                event = (
+                    [pgproto.UUID(event_id())], CREATED, NONE, to_status[i], NONE, EMPTY_DATA,
+                    created_at[i],
+                )  # fmt: skip
                 async with pool.acquire() as conn:
-                    version = await conn.fetchval(insert_sql, *values[i])
+                    version = await conn.fetchval(insert_sql, *values[i], 1, *event)
                 if version is None:
                     raise StaleInBenchmarkError(values[i][0])
                 return version
@@ -256,7 +294,9 @@ class PostgresBench:
 
         methods.append(Method("save (insert)", 500, 20_000, {RAW: raw_insert, LV: lv_insert}))
 
-        delete_sql = PG_Q["delete"]
+        # A delete always writes connection.deleted, at the store's clock, in its statement.
+        delete_sql = logged_query("delete", 2)
+        deleted_at = [d.now]
 
         async def lv_delete(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -275,8 +315,11 @@ class PostgresBench:
             doomed = [r[0] for r in rows]
 
             async def op(i: int) -> object:
+                event = (
+                    [pgproto.UUID(event_id())], DELETED, NONE, NONE, NONE, EMPTY_DATA, deleted_at,
+                )  # fmt: skip
                 async with pool.acquire() as conn:
-                    deleted = await conn.fetchval(delete_sql, doomed[i])
+                    deleted = await conn.fetchval(delete_sql, doomed[i], 1, *event)
                 if deleted is None:
                     raise StaleInBenchmarkError(doomed[i])
                 return deleted
@@ -753,6 +796,33 @@ def fetchall(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[An
     return db.execute(sql, args).fetchall()
 
 
+# An event as `logged` writes it: id, type, from status, to status, reason, data, time (us).
+SqliteEvent = tuple[bytes, str, str | None, str | None, str | None, str, int | None]
+# The change's arguments and its one event.
+LoggedArgs = tuple[tuple[Any, ...], SqliteEvent]
+SQLITE_INSERT_EVENT = SQLITE_Q["insert_event"]
+
+
+def logged(db: sqlite3.Connection, change: str, payload: LoggedArgs) -> Any:
+    """What the store's _logged does with one event: BEGIN IMMEDIATE, the change, the insert
+    of its event numbered from the row the change returns (none when it touched no row),
+    COMMIT. Returns the change's row, or None."""
+    args, (eid, kind, from_status, to_status, reason, data, at) = payload
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute(change, args).fetchone()
+        if row is not None:
+            _, last_seq, connection_id, user_id, slug, was = row
+            event = (eid, connection_id, user_id, slug, last_seq, kind, from_status or was,
+                     to_status, reason, data, at)  # fmt: skip
+            db.execute(SQLITE_INSERT_EVENT, event)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return row
+
+
 class ThreadConnections:
     """Raw sqlite3 through the store's pattern: one thread per connection, an idle queue."""
 
@@ -891,6 +961,7 @@ class SqliteBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [sqlite_row(by_id[k])[:14] for k in targets]
+        # What store.save sends for an entity without pending events: no event (?16 = 0).
         update_sql = SQLITE_Q["update"]
 
         def raw_update_one(entity: ProviderConnection, row: Any) -> None:
@@ -908,7 +979,7 @@ class SqliteBench:
         async def thread_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
                 entity = entities[i]
-                args = (*params[i], entity.version)
+                args = (*params[i], entity.version, 0)
                 raw_update_one(entity, await threads.run(fetchone, update_sql, args))
                 return None
 
@@ -917,7 +988,7 @@ class SqliteBench:
         async def direct_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
                 entity = entities[i]
-                args = (*params[i], entity.version)
+                args = (*params[i], entity.version, 0)
                 raw_update_one(entity, fetchone(direct, update_sql, args))
                 return None
 
@@ -932,7 +1003,10 @@ class SqliteBench:
             )
         )
 
+        # A new connection always gets its connection.created event, in the insert's
+        # transaction.
         insert_sql = SQLITE_Q["insert"]
+        created = EventType.CREATED.value
 
         async def removing(rows: list[Row]) -> None:
             self.remove([r[0] for r in rows])
@@ -950,12 +1024,17 @@ class SqliteBench:
         def raw_insert(threaded: bool) -> Callable[[int, int], Any]:
             async def prepare(n: int, run_no: int) -> Prepared:
                 rows = fresh_rows(n, d.now, run_no)
-                values = [sqlite_row(r)[:14] for r in rows]
+                values = [(*sqlite_row(r)[:14], 1) for r in rows]
+
+                def payload(i: int) -> LoggedArgs:
+                    # connection.created: to the row's status, at its creation time.
+                    value = values[i]
+                    return value, (event_id(), created, None, value[5], None, "{}", value[12])
 
                 if threaded:
 
                     async def op(i: int) -> object:
-                        row = await threads.run(fetchone, insert_sql, values[i])
+                        row = await threads.run(logged, insert_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -963,7 +1042,7 @@ class SqliteBench:
                 else:
 
                     async def op(i: int) -> object:
-                        row = fetchone(direct, insert_sql, values[i])
+                        row = logged(direct, insert_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -981,7 +1060,9 @@ class SqliteBench:
             )
         )
 
+        # A delete always writes connection.deleted, at the store's clock, in its transaction.
         delete_sql = SQLITE_Q["delete"]
+        deleted, deleted_at = EventType.DELETED.value, micros(d.now)
 
         async def lv_delete(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -998,12 +1079,15 @@ class SqliteBench:
             async def prepare(n: int, run_no: int) -> Prepared:
                 rows = fresh_rows(n, d.now, run_no)
                 self.load(rows)
-                doomed = [(r[0].bytes,) for r in rows]
+                doomed = [(r[0].bytes, 1) for r in rows]
+
+                def payload(i: int) -> LoggedArgs:
+                    return doomed[i], (event_id(), deleted, None, None, None, "{}", deleted_at)
 
                 if threaded:
 
                     async def op(i: int) -> object:
-                        row = await threads.run(fetchone, delete_sql, doomed[i])
+                        row = await threads.run(logged, delete_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -1011,7 +1095,7 @@ class SqliteBench:
                 else:
 
                     async def op(i: int) -> object:
-                        row = fetchone(direct, delete_sql, doomed[i])
+                        row = logged(direct, delete_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -1071,8 +1155,8 @@ class SqliteBench:
             "find_by_user_and_provider": (d.pairs[0][0].bytes, d.pairs[0][1].bytes),
             "find_active_by_user": (d.user_ids[0].bytes,),
             "find_expiring_soon": (0,),
-            "update": (None,) * 15,
-            "delete": (b"",),
+            "update": (None,) * 16,
+            "delete": (b"", 1),
         }
         return {
             name: " / ".join(
