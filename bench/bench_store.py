@@ -74,6 +74,22 @@ SQLITE_Q = queries.load("sqlite")
 LV, RAW = "linkvault", "raw"
 RAW_THREAD, RAW_DIRECT = "raw-thread", "raw-direct"
 
+# The cost of the event log on a save: the same update without an event and with one, as
+# one cell whose rounds alternate all of them (so the with/without ratio is taken within a
+# round, as linkvault/raw is); shown as two rows. EVENT suffixes the names of the
+# implementations whose save writes one event.
+SAVE_UPDATE, SAVE_UPDATE_EVENT = "save (update)", "save (update) + event"
+EVENT = " + event"
+EVENT_TARGET_RATIO = 1.3
+
+
+def with_pending_event(entities: Sequence[ProviderConnection]) -> None:
+    """Give each entity the one pending event its next save writes (outside the timed op:
+    deciding an event is the domain's work; the store's is writing it)."""
+    for entity in entities:
+        entity.record_event(EventType.NEEDS_ATTENTION, reason="bench")
+
+
 # --- the raw side's events -------------------------------------------------------
 #
 # linkvault's store builds every event row inside the call (a UUIDv7, the JSON of its data,
@@ -96,8 +112,10 @@ def event_id() -> bytes:
 # The one-element event arrays of PostgreSQL's logged statements that never change.
 CREATED = [EventType.CREATED.value]
 DELETED = [EventType.DELETED.value]
+NEEDS_ATTENTION = [EventType.NEEDS_ATTENTION.value]
 NONE: list[None] = [None]
 EMPTY_DATA = ["{}"]
+BENCH_REASON = ["bench"]
 
 
 def log(message: str) -> None:
@@ -235,8 +253,10 @@ class PostgresBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [by_id[k][:14] for k in targets]
-        # What store.save sends for an entity without pending events: no event ($16 = 0).
+        # What store.save sends: the plain update numbering no event ($16 = 0); with events,
+        # the update and the insert of its events in one statement (logged_query).
         update_sql = PG_Q["update"]
+        update_logged_sql = logged_query("update", 16)
 
         async def lv_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
@@ -257,7 +277,44 @@ class PostgresBench:
 
             return Prepared(op)
 
-        methods.append(Method("save (update)", 500, len(targets), {RAW: raw_update, LV: lv_update}))
+        async def lv_update_event(n: int, run_no: int) -> Prepared:
+            with_pending_event(entities[:n])
+
+            async def op(i: int) -> object:
+                await store.save(entities[i])
+                return None
+
+            return Prepared(op)
+
+        async def raw_update_event(n: int, run_no: int) -> Prepared:
+            # The event's own values, decided before the save as record_event decides them.
+            to_status = [[e.status.value] for e in entities[:n]]
+            at = [datetime.now(UTC)]
+
+            async def op(i: int) -> object:
+                entity = entities[i]
+                event = (
+                    [pgproto.UUID(event_id())], NEEDS_ATTENTION, NONE, to_status[i], BENCH_REASON,
+                    EMPTY_DATA, at,
+                )  # fmt: skip
+                async with pool.acquire() as conn:
+                    version = await conn.fetchval(
+                        update_logged_sql, *params[i], entity.version, 1, *event
+                    )
+                if version is None:
+                    raise StaleInBenchmarkError(entity.id)
+                entity.version = version
+                return None
+
+            return Prepared(op)
+
+        impls = {
+            RAW: raw_update,
+            LV: lv_update,
+            LV + EVENT: lv_update_event,
+            RAW + EVENT: raw_update_event,
+        }
+        methods.append(Method(SAVE_UPDATE, 500, len(targets), impls))
 
         # A new connection always gets its connection.created event, in the insert's statement.
         insert_sql = logged_query("insert", 15)
@@ -462,17 +519,21 @@ async def bench_postgres(
             plans = await bench.plans()
             for query, plan in plans.items():
                 log(f"  plan {query}: {plan}")
-            cells = await run_methods(bench.methods(), opts, next_run)
+            cells, costs = await run_methods(bench.methods(), opts, next_run)
         finally:
             await pool.close()
             await store.close()
     finally:
         await drop_database(opts.postgres_url, name)
         log(f"PostgreSQL: database {name} dropped")
-    return cells, {"server_version": server, "plans": plans, "pools": pool_text}
+    meta = {"server_version": server, "plans": plans, "pools": pool_text, "event_cost": costs}
+    return cells, meta
 
 
-async def run_methods(methods: list[Method], opts: Options, next_run: RunCounter) -> list[Cell]:
+async def run_methods(
+    methods: list[Method], opts: Options, next_run: RunCounter
+) -> tuple[list[Cell], list[dict[str, Any]]]:
+    """The cells of the tables, and the cost of one event on a save per mode."""
     cells = []
     for tasks in (1, opts.tasks):
         for method in methods:
@@ -486,8 +547,45 @@ async def run_methods(methods: list[Method], opts: Options, next_run: RunCounter
                     log=log,
                 )
             )
+    costs = [event_cost(c) for c in cells if any(k.endswith(EVENT) for k in c.runs)]
+    rows = [row for c in cells for row in split_event_cell(c)]
     order = {m.name: i for i, m in enumerate(methods)}
-    return sorted(cells, key=lambda c: (order[c.method], c.tasks))
+    order[SAVE_UPDATE_EVENT] = order.get(SAVE_UPDATE, len(order))
+
+    def place(c: Cell) -> tuple[int, bool, int]:
+        return order[c.method], c.method == SAVE_UPDATE_EVENT, c.tasks
+
+    return sorted(rows, key=place), sorted(costs, key=lambda c: int(c["tasks"]))
+
+
+def split_event_cell(cell: Cell) -> list[Cell]:
+    """A cell measured without and with an event: its row without, and its row with."""
+    plain = {k: v for k, v in cell.runs.items() if not k.endswith(EVENT)}
+    if len(plain) == len(cell.runs):
+        return [cell]
+    with_event = {k: cell.runs[k + EVENT] for k in plain}
+    return [Cell(cell.method, cell.tasks, plain), Cell(SAVE_UPDATE_EVENT, cell.tasks, with_event)]
+
+
+def event_cost(cell: Cell) -> dict[str, Any]:
+    """Time per op of the save writing one event over the save writing none, per
+    implementation (linkvault first): the median over rounds of the ratio within a round."""
+    impls = [LV, *(k for k in cell.runs if k != LV and not k.endswith(EVENT))]
+    return {"tasks": cell.tasks, "ratios": {k: cell.ratio(k + EVENT, k) for k in impls}}
+
+
+def event_cost_report(costs: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for cost in costs:
+        ratios = cost["ratios"]
+        mine = ratios[LV]
+        raw = ", ".join(f"{impl} {r:.2f}x" for impl, r in ratios.items() if impl != LV)
+        lines.append(
+            f"save with one event / save without, {mode_name(cost['tasks'])}: {mine:.2f}x "
+            f"(target <= {EVENT_TARGET_RATIO}x; the same for {raw})"
+            + (f" <-- above {EVENT_TARGET_RATIO}x" if mine > EVENT_TARGET_RATIO else "")
+        )
+    return "\n".join(lines)
 
 
 def postgres_table(cells: list[Cell]) -> str:
@@ -961,7 +1059,8 @@ class SqliteBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [sqlite_row(by_id[k])[:14] for k in targets]
-        # What store.save sends for an entity without pending events: no event (?16 = 0).
+        # What store.save sends: the plain update numbering no event (?16 = 0), or, when it
+        # has events, the update and their inserts in one transaction (see `logged`).
         update_sql = SQLITE_Q["update"]
 
         def raw_update_one(entity: ProviderConnection, row: Any) -> None:
@@ -994,14 +1093,53 @@ class SqliteBench:
 
             return Prepared(op)
 
-        methods.append(
-            Method(
-                "save (update)",
-                500,
-                len(targets),
-                {RAW_THREAD: thread_update, LV: lv_update, RAW_DIRECT: direct_update},
-            )
-        )
+        async def lv_update_event(n: int, run_no: int) -> Prepared:
+            with_pending_event(entities[:n])
+
+            async def op(i: int) -> object:
+                await store.save(entities[i])
+                return None
+
+            return Prepared(op)
+
+        def raw_update_event(threaded: bool) -> Callable[[int, int], Any]:
+            async def prepare(n: int, run_no: int) -> Prepared:
+                # The event's own values, decided before the save as record_event decides them.
+                to_status = [e.status.value for e in entities[:n]]
+                at = micros(datetime.now(UTC))
+                kind = EventType.NEEDS_ATTENTION.value
+
+                def payload(i: int) -> LoggedArgs:
+                    entity = entities[i]
+                    args = (*params[i], entity.version, 1)
+                    return args, (event_id(), kind, None, to_status[i], "bench", "{}", at)
+
+                if threaded:
+
+                    async def op(i: int) -> object:
+                        row = await threads.run(logged, update_sql, payload(i))
+                        raw_update_one(entities[i], row)
+                        return None
+
+                else:
+
+                    async def op(i: int) -> object:
+                        raw_update_one(entities[i], logged(direct, update_sql, payload(i)))
+                        return None
+
+                return Prepared(op)
+
+            return prepare
+
+        impls = {
+            RAW_THREAD: thread_update,
+            LV: lv_update,
+            RAW_DIRECT: direct_update,
+            RAW_DIRECT + EVENT: raw_update_event(False),
+            LV + EVENT: lv_update_event,
+            RAW_THREAD + EVENT: raw_update_event(True),
+        }
+        methods.append(Method(SAVE_UPDATE, 500, len(targets), impls))
 
         # A new connection always gets its connection.created event, in the insert's
         # transaction.
@@ -1185,12 +1323,17 @@ async def bench_sqlite(
             plans = bench.plans()
             for query, plan in plans.items():
                 log(f"  plan {query}: {plan}")
-            cells = await run_methods(bench.methods(), opts, next_run)
+            cells, costs = await run_methods(bench.methods(), opts, next_run)
         finally:
             direct.close()
             await threads.close()
             await store.close()
-    meta = {"sqlite_version": sqlite3.sqlite_version, "pool_size": pool_size, "plans": plans}
+    meta = {
+        "sqlite_version": sqlite3.sqlite_version,
+        "pool_size": pool_size,
+        "plans": plans,
+        "event_cost": costs,
+    }
     return cells, meta
 
 
@@ -1317,7 +1460,7 @@ async def main_async(opts: Options) -> int:
                 else f"\nevery method within {TARGET_RATIO}x"
             )
         )
-        printed.append(text)
+        printed.append(text + "\n" + event_cost_report(meta["event_cost"]))
         report["postgres"] = {**meta, "cells": [c.as_json() for c in cells]}
         if opts.expiring_rows > 0:
             expiring = await expiring_plan(opts)
@@ -1332,7 +1475,7 @@ async def main_async(opts: Options) -> int:
             "raw-thread = raw sqlite3 through one thread per connection (the store's pattern); "
             "raw-direct = raw sqlite3 called on the event loop thread\n" + sqlite_table(cells)
         )
-        printed.append(text)
+        printed.append(text + "\n" + event_cost_report(meta["event_cost"]))
         report["sqlite"] = {**meta, "cells": [c.as_json() for c in cells]}
 
     report["duration_s"] = round(time.perf_counter() - began, 1)
