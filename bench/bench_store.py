@@ -1,8 +1,9 @@
 """Benchmark linkvault's PostgreSQL and SQLite stores against their raw drivers.
 
 Every port method runs through linkvault's store and through the raw driver sending the
-very same SQL text (linkvault.stores.queries) with the same parameters, same keys, same
-pool sizes, in alternating runs. See bench/README.md.
+very same SQL text (linkvault.stores.queries; for a change with events, the same statement or
+transaction that also writes them) with the same parameters, same keys, same pool sizes, in
+alternating runs. See bench/README.md.
 
     .venv/bin/python bench/bench_store.py [--rows 100000] [--expiring-rows 1000000]
                                           [--only postgres|sqlite] [--quick]
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pgproto import pgproto
 from common import (
     COLUMNS,
     Cell,
@@ -44,6 +46,7 @@ from common import (
     fmt_rate,
     fmt_us,
     generate_rows,
+    micros,
     mode_name,
     render_table,
     row_to_entity,
@@ -52,8 +55,9 @@ from common import (
 )
 
 from linkvault.domain import ProviderConnection
+from linkvault.events import EventType
 from linkvault.stores import queries
-from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.stores.postgres import PostgresConnectionRepository, logged_query
 from linkvault.stores.sqlite import SqliteConnectionRepository
 
 T = TypeVar("T")
@@ -69,6 +73,49 @@ SQLITE_Q = queries.load("sqlite")
 
 LV, RAW = "linkvault", "raw"
 RAW_THREAD, RAW_DIRECT = "raw-thread", "raw-direct"
+
+# The cost of the event log on a save: the same update without an event and with one, as
+# one cell whose rounds alternate all of them (so the with/without ratio is taken within a
+# round, as linkvault/raw is); shown as two rows. EVENT suffixes the names of the
+# implementations whose save writes one event.
+SAVE_UPDATE, SAVE_UPDATE_EVENT = "save (update)", "save (update) + event"
+EVENT = " + event"
+EVENT_TARGET_RATIO = 1.3
+
+
+def with_pending_event(entities: Sequence[ProviderConnection]) -> None:
+    """Give each entity the one pending event its next save writes (outside the timed op:
+    deciding an event is the domain's work; the store's is writing it)."""
+    for entity in entities:
+        entity.record_event(EventType.NEEDS_ATTENTION, reason="bench")
+
+
+# --- the raw side's events -------------------------------------------------------
+#
+# linkvault's store builds every event row inside the call (a UUIDv7, the JSON of its data,
+# the row tuple), so the raw baselines build theirs inside the timed op too, as cheaply as
+# plain code can: the id is UUIDv7's layout without its version bits, the time in ms then
+# 10 random bytes (so both sides' ids interleave at the right edge of the log's unique id
+# index, as linkvault's alone would; about 0.45 us against 1.3 us for uuid7(); for asyncpg
+# wrapped in its own UUID type, which it encodes without conversion), the data is the
+# constant "{}" (the benchmark's events carry none, where the store runs json.dumps), and
+# whatever does not change from call to call (the event type, NULL columns, the store's
+# frozen clock) is built once per run. Whatever linkvault spends beyond that is its
+# overhead, and counts against it.
+
+
+def event_id() -> bytes:
+    """A new event id: 16 bytes, the time in milliseconds first (UUIDv7's order)."""
+    return (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+
+
+# The one-element event arrays of PostgreSQL's logged statements that never change.
+CREATED = [EventType.CREATED.value]
+DELETED = [EventType.DELETED.value]
+NEEDS_ATTENTION = [EventType.NEEDS_ATTENTION.value]
+NONE: list[None] = [None]
+EMPTY_DATA = ["{}"]
+BENCH_REASON = ["bench"]
 
 
 def log(message: str) -> None:
@@ -206,7 +253,10 @@ class PostgresBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [by_id[k][:14] for k in targets]
+        # What store.save sends: the plain update numbering no event ($16 = 0); with events,
+        # the update and the insert of its events in one statement (logged_query).
         update_sql = PG_Q["update"]
+        update_logged_sql = logged_query("update", 16)
 
         async def lv_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
@@ -219,7 +269,7 @@ class PostgresBench:
             async def op(i: int) -> object:
                 entity = entities[i]
                 async with pool.acquire() as conn:
-                    version = await conn.fetchval(update_sql, *params[i], entity.version)
+                    version = await conn.fetchval(update_sql, *params[i], entity.version, 0)
                 if version is None:
                     raise StaleInBenchmarkError(entity.id)
                 entity.version = version
@@ -227,9 +277,47 @@ class PostgresBench:
 
             return Prepared(op)
 
-        methods.append(Method("save (update)", 500, len(targets), {RAW: raw_update, LV: lv_update}))
+        async def lv_update_event(n: int, run_no: int) -> Prepared:
+            with_pending_event(entities[:n])
 
-        insert_sql = PG_Q["insert"]
+            async def op(i: int) -> object:
+                await store.save(entities[i])
+                return None
+
+            return Prepared(op)
+
+        async def raw_update_event(n: int, run_no: int) -> Prepared:
+            # The event's own values, decided before the save as record_event decides them.
+            to_status = [[e.status.value] for e in entities[:n]]
+            at = [datetime.now(UTC)]
+
+            async def op(i: int) -> object:
+                entity = entities[i]
+                event = (
+                    [pgproto.UUID(event_id())], NEEDS_ATTENTION, NONE, to_status[i], BENCH_REASON,
+                    EMPTY_DATA, at,
+                )  # fmt: skip
+                async with pool.acquire() as conn:
+                    version = await conn.fetchval(
+                        update_logged_sql, *params[i], entity.version, 1, *event
+                    )
+                if version is None:
+                    raise StaleInBenchmarkError(entity.id)
+                entity.version = version
+                return None
+
+            return Prepared(op)
+
+        impls = {
+            RAW: raw_update,
+            LV: lv_update,
+            LV + EVENT: lv_update_event,
+            RAW + EVENT: raw_update_event,
+        }
+        methods.append(Method(SAVE_UPDATE, 500, len(targets), impls))
+
+        # A new connection always gets its connection.created event, in the insert's statement.
+        insert_sql = logged_query("insert", 15)
 
         async def lv_insert(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -244,10 +332,17 @@ class PostgresBench:
         async def raw_insert(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
             values = [r[:14] for r in rows]
+            # connection.created: to the row's status, at its creation time.
+            to_status = [[r[5]] for r in rows]
+            created_at = [[r[12]] for r in rows]
 
             async def op(i: int) -> object:
+                event = (
+                    [pgproto.UUID(event_id())], CREATED, NONE, to_status[i], NONE, EMPTY_DATA,
+                    created_at[i],
+                )  # fmt: skip
                 async with pool.acquire() as conn:
-                    version = await conn.fetchval(insert_sql, *values[i])
+                    version = await conn.fetchval(insert_sql, *values[i], 1, *event)
                 if version is None:
                     raise StaleInBenchmarkError(values[i][0])
                 return version
@@ -256,7 +351,9 @@ class PostgresBench:
 
         methods.append(Method("save (insert)", 500, 20_000, {RAW: raw_insert, LV: lv_insert}))
 
-        delete_sql = PG_Q["delete"]
+        # A delete always writes connection.deleted, at the store's clock, in its statement.
+        delete_sql = logged_query("delete", 2)
+        deleted_at = [d.now]
 
         async def lv_delete(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -275,8 +372,11 @@ class PostgresBench:
             doomed = [r[0] for r in rows]
 
             async def op(i: int) -> object:
+                event = (
+                    [pgproto.UUID(event_id())], DELETED, NONE, NONE, NONE, EMPTY_DATA, deleted_at,
+                )  # fmt: skip
                 async with pool.acquire() as conn:
-                    deleted = await conn.fetchval(delete_sql, doomed[i])
+                    deleted = await conn.fetchval(delete_sql, doomed[i], 1, *event)
                 if deleted is None:
                     raise StaleInBenchmarkError(doomed[i])
                 return deleted
@@ -419,17 +519,21 @@ async def bench_postgres(
             plans = await bench.plans()
             for query, plan in plans.items():
                 log(f"  plan {query}: {plan}")
-            cells = await run_methods(bench.methods(), opts, next_run)
+            cells, costs = await run_methods(bench.methods(), opts, next_run)
         finally:
             await pool.close()
             await store.close()
     finally:
         await drop_database(opts.postgres_url, name)
         log(f"PostgreSQL: database {name} dropped")
-    return cells, {"server_version": server, "plans": plans, "pools": pool_text}
+    meta = {"server_version": server, "plans": plans, "pools": pool_text, "event_cost": costs}
+    return cells, meta
 
 
-async def run_methods(methods: list[Method], opts: Options, next_run: RunCounter) -> list[Cell]:
+async def run_methods(
+    methods: list[Method], opts: Options, next_run: RunCounter
+) -> tuple[list[Cell], list[dict[str, Any]]]:
+    """The cells of the tables, and the cost of one event on a save per mode."""
     cells = []
     for tasks in (1, opts.tasks):
         for method in methods:
@@ -443,8 +547,45 @@ async def run_methods(methods: list[Method], opts: Options, next_run: RunCounter
                     log=log,
                 )
             )
+    costs = [event_cost(c) for c in cells if any(k.endswith(EVENT) for k in c.runs)]
+    rows = [row for c in cells for row in split_event_cell(c)]
     order = {m.name: i for i, m in enumerate(methods)}
-    return sorted(cells, key=lambda c: (order[c.method], c.tasks))
+    order[SAVE_UPDATE_EVENT] = order.get(SAVE_UPDATE, len(order))
+
+    def place(c: Cell) -> tuple[int, bool, int]:
+        return order[c.method], c.method == SAVE_UPDATE_EVENT, c.tasks
+
+    return sorted(rows, key=place), sorted(costs, key=lambda c: int(c["tasks"]))
+
+
+def split_event_cell(cell: Cell) -> list[Cell]:
+    """A cell measured without and with an event: its row without, and its row with."""
+    plain = {k: v for k, v in cell.runs.items() if not k.endswith(EVENT)}
+    if len(plain) == len(cell.runs):
+        return [cell]
+    with_event = {k: cell.runs[k + EVENT] for k in plain}
+    return [Cell(cell.method, cell.tasks, plain), Cell(SAVE_UPDATE_EVENT, cell.tasks, with_event)]
+
+
+def event_cost(cell: Cell) -> dict[str, Any]:
+    """Time per op of the save writing one event over the save writing none, per
+    implementation (linkvault first): the median over rounds of the ratio within a round."""
+    impls = [LV, *(k for k in cell.runs if k != LV and not k.endswith(EVENT))]
+    return {"tasks": cell.tasks, "ratios": {k: cell.ratio(k + EVENT, k) for k in impls}}
+
+
+def event_cost_report(costs: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for cost in costs:
+        ratios = cost["ratios"]
+        mine = ratios[LV]
+        raw = ", ".join(f"{impl} {r:.2f}x" for impl, r in ratios.items() if impl != LV)
+        lines.append(
+            f"save with one event / save without, {mode_name(cost['tasks'])}: {mine:.2f}x "
+            f"(target <= {EVENT_TARGET_RATIO}x; the same for {raw})"
+            + (f" <-- above {EVENT_TARGET_RATIO}x" if mine > EVENT_TARGET_RATIO else "")
+        )
+    return "\n".join(lines)
 
 
 def postgres_table(cells: list[Cell]) -> str:
@@ -753,6 +894,33 @@ def fetchall(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[An
     return db.execute(sql, args).fetchall()
 
 
+# An event as `logged` writes it: id, type, from status, to status, reason, data, time (us).
+SqliteEvent = tuple[bytes, str, str | None, str | None, str | None, str, int | None]
+# The change's arguments and its one event.
+LoggedArgs = tuple[tuple[Any, ...], SqliteEvent]
+SQLITE_INSERT_EVENT = SQLITE_Q["insert_event"]
+
+
+def logged(db: sqlite3.Connection, change: str, payload: LoggedArgs) -> Any:
+    """What the store's _logged does with one event: BEGIN IMMEDIATE, the change, the insert
+    of its event numbered from the row the change returns (none when it touched no row),
+    COMMIT. Returns the change's row, or None."""
+    args, (eid, kind, from_status, to_status, reason, data, at) = payload
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute(change, args).fetchone()
+        if row is not None:
+            _, last_seq, connection_id, user_id, slug, was = row
+            event = (eid, connection_id, user_id, slug, last_seq, kind, from_status or was,
+                     to_status, reason, data, at)  # fmt: skip
+            db.execute(SQLITE_INSERT_EVENT, event)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return row
+
+
 class ThreadConnections:
     """Raw sqlite3 through the store's pattern: one thread per connection, an idle queue."""
 
@@ -891,6 +1059,8 @@ class SqliteBench:
         targets = distinct_keys_for(seed, "save_update", d.ids, 20_000)
         entities = [row_to_entity(by_id[k]) for k in targets]
         params = [sqlite_row(by_id[k])[:14] for k in targets]
+        # What store.save sends: the plain update numbering no event (?16 = 0), or, when it
+        # has events, the update and their inserts in one transaction (see `logged`).
         update_sql = SQLITE_Q["update"]
 
         def raw_update_one(entity: ProviderConnection, row: Any) -> None:
@@ -908,7 +1078,7 @@ class SqliteBench:
         async def thread_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
                 entity = entities[i]
-                args = (*params[i], entity.version)
+                args = (*params[i], entity.version, 0)
                 raw_update_one(entity, await threads.run(fetchone, update_sql, args))
                 return None
 
@@ -917,22 +1087,64 @@ class SqliteBench:
         async def direct_update(n: int, run_no: int) -> Prepared:
             async def op(i: int) -> object:
                 entity = entities[i]
-                args = (*params[i], entity.version)
+                args = (*params[i], entity.version, 0)
                 raw_update_one(entity, fetchone(direct, update_sql, args))
                 return None
 
             return Prepared(op)
 
-        methods.append(
-            Method(
-                "save (update)",
-                500,
-                len(targets),
-                {RAW_THREAD: thread_update, LV: lv_update, RAW_DIRECT: direct_update},
-            )
-        )
+        async def lv_update_event(n: int, run_no: int) -> Prepared:
+            with_pending_event(entities[:n])
 
+            async def op(i: int) -> object:
+                await store.save(entities[i])
+                return None
+
+            return Prepared(op)
+
+        def raw_update_event(threaded: bool) -> Callable[[int, int], Any]:
+            async def prepare(n: int, run_no: int) -> Prepared:
+                # The event's own values, decided before the save as record_event decides them.
+                to_status = [e.status.value for e in entities[:n]]
+                at = micros(datetime.now(UTC))
+                kind = EventType.NEEDS_ATTENTION.value
+
+                def payload(i: int) -> LoggedArgs:
+                    entity = entities[i]
+                    args = (*params[i], entity.version, 1)
+                    return args, (event_id(), kind, None, to_status[i], "bench", "{}", at)
+
+                if threaded:
+
+                    async def op(i: int) -> object:
+                        row = await threads.run(logged, update_sql, payload(i))
+                        raw_update_one(entities[i], row)
+                        return None
+
+                else:
+
+                    async def op(i: int) -> object:
+                        raw_update_one(entities[i], logged(direct, update_sql, payload(i)))
+                        return None
+
+                return Prepared(op)
+
+            return prepare
+
+        impls = {
+            RAW_THREAD: thread_update,
+            LV: lv_update,
+            RAW_DIRECT: direct_update,
+            RAW_DIRECT + EVENT: raw_update_event(False),
+            LV + EVENT: lv_update_event,
+            RAW_THREAD + EVENT: raw_update_event(True),
+        }
+        methods.append(Method(SAVE_UPDATE, 500, len(targets), impls))
+
+        # A new connection always gets its connection.created event, in the insert's
+        # transaction.
         insert_sql = SQLITE_Q["insert"]
+        created = EventType.CREATED.value
 
         async def removing(rows: list[Row]) -> None:
             self.remove([r[0] for r in rows])
@@ -950,12 +1162,17 @@ class SqliteBench:
         def raw_insert(threaded: bool) -> Callable[[int, int], Any]:
             async def prepare(n: int, run_no: int) -> Prepared:
                 rows = fresh_rows(n, d.now, run_no)
-                values = [sqlite_row(r)[:14] for r in rows]
+                values = [(*sqlite_row(r)[:14], 1) for r in rows]
+
+                def payload(i: int) -> LoggedArgs:
+                    # connection.created: to the row's status, at its creation time.
+                    value = values[i]
+                    return value, (event_id(), created, None, value[5], None, "{}", value[12])
 
                 if threaded:
 
                     async def op(i: int) -> object:
-                        row = await threads.run(fetchone, insert_sql, values[i])
+                        row = await threads.run(logged, insert_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -963,7 +1180,7 @@ class SqliteBench:
                 else:
 
                     async def op(i: int) -> object:
-                        row = fetchone(direct, insert_sql, values[i])
+                        row = logged(direct, insert_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -981,7 +1198,9 @@ class SqliteBench:
             )
         )
 
+        # A delete always writes connection.deleted, at the store's clock, in its transaction.
         delete_sql = SQLITE_Q["delete"]
+        deleted, deleted_at = EventType.DELETED.value, micros(d.now)
 
         async def lv_delete(n: int, run_no: int) -> Prepared:
             rows = fresh_rows(n, d.now, run_no)
@@ -998,12 +1217,15 @@ class SqliteBench:
             async def prepare(n: int, run_no: int) -> Prepared:
                 rows = fresh_rows(n, d.now, run_no)
                 self.load(rows)
-                doomed = [(r[0].bytes,) for r in rows]
+                doomed = [(r[0].bytes, 1) for r in rows]
+
+                def payload(i: int) -> LoggedArgs:
+                    return doomed[i], (event_id(), deleted, None, None, None, "{}", deleted_at)
 
                 if threaded:
 
                     async def op(i: int) -> object:
-                        row = await threads.run(fetchone, delete_sql, doomed[i])
+                        row = await threads.run(logged, delete_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -1011,7 +1233,7 @@ class SqliteBench:
                 else:
 
                     async def op(i: int) -> object:
-                        row = fetchone(direct, delete_sql, doomed[i])
+                        row = logged(direct, delete_sql, payload(i))
                         if row is None:
                             raise StaleInBenchmarkError(rows[i][0])
                         return row
@@ -1071,8 +1293,8 @@ class SqliteBench:
             "find_by_user_and_provider": (d.pairs[0][0].bytes, d.pairs[0][1].bytes),
             "find_active_by_user": (d.user_ids[0].bytes,),
             "find_expiring_soon": (0,),
-            "update": (None,) * 15,
-            "delete": (b"",),
+            "update": (None,) * 16,
+            "delete": (b"", 1),
         }
         return {
             name: " / ".join(
@@ -1101,12 +1323,17 @@ async def bench_sqlite(
             plans = bench.plans()
             for query, plan in plans.items():
                 log(f"  plan {query}: {plan}")
-            cells = await run_methods(bench.methods(), opts, next_run)
+            cells, costs = await run_methods(bench.methods(), opts, next_run)
         finally:
             direct.close()
             await threads.close()
             await store.close()
-    meta = {"sqlite_version": sqlite3.sqlite_version, "pool_size": pool_size, "plans": plans}
+    meta = {
+        "sqlite_version": sqlite3.sqlite_version,
+        "pool_size": pool_size,
+        "plans": plans,
+        "event_cost": costs,
+    }
     return cells, meta
 
 
@@ -1233,7 +1460,7 @@ async def main_async(opts: Options) -> int:
                 else f"\nevery method within {TARGET_RATIO}x"
             )
         )
-        printed.append(text)
+        printed.append(text + "\n" + event_cost_report(meta["event_cost"]))
         report["postgres"] = {**meta, "cells": [c.as_json() for c in cells]}
         if opts.expiring_rows > 0:
             expiring = await expiring_plan(opts)
@@ -1248,7 +1475,7 @@ async def main_async(opts: Options) -> int:
             "raw-thread = raw sqlite3 through one thread per connection (the store's pattern); "
             "raw-direct = raw sqlite3 called on the event loop thread\n" + sqlite_table(cells)
         )
-        printed.append(text)
+        printed.append(text + "\n" + event_cost_report(meta["event_cost"]))
         report["sqlite"] = {**meta, "cells": [c.as_json() for c in cells]}
 
     report["duration_s"] = round(time.perf_counter() - began, 1)
