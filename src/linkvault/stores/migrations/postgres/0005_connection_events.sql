@@ -7,12 +7,12 @@
 ALTER TABLE provider_connections ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE connection_events (
-    position      bigserial PRIMARY KEY,
     -- The writing transaction: readers of the whole log return only events of transactions
     -- older than every transaction still running, in (tx_id, position) order, so that an
     -- event committed late never lands behind a cursor that has already moved past it.
     tx_id         xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    id            uuid NOT NULL UNIQUE,
+    position      bigserial,
+    id            uuid NOT NULL,  -- uuid7, made by linkvault: unique without an index
     connection_id uuid NOT NULL,
     user_id       uuid NOT NULL,
     provider_slug text NOT NULL,
@@ -23,7 +23,7 @@ CREATE TABLE connection_events (
     reason        text,
     data          jsonb NOT NULL DEFAULT '{}',
     occurred_at   timestamptz NOT NULL,
+    -- Two indexes only: each is written by every change that logs an event.
+    PRIMARY KEY (tx_id, position),
     UNIQUE (connection_id, seq)
 );
-
-CREATE INDEX connection_events_feed_idx ON connection_events (tx_id, position);

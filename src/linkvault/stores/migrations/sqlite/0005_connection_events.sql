@@ -4,7 +4,7 @@ ALTER TABLE provider_connections ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0
 
 CREATE TABLE connection_events (
     position      INTEGER PRIMARY KEY AUTOINCREMENT,
-    id            BLOB NOT NULL UNIQUE CHECK (length(id) = 16),
+    id            BLOB NOT NULL CHECK (length(id) = 16),  -- uuid7, unique without an index
     connection_id BLOB NOT NULL CHECK (length(connection_id) = 16),
     user_id       BLOB NOT NULL CHECK (length(user_id) = 16),
     provider_slug TEXT NOT NULL,
