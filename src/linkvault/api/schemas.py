@@ -29,6 +29,8 @@ from linkvault.credentials import (
 from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
 from linkvault.origins import MAX_RETURN_URL_LENGTH
 from linkvault.providers import AuthStyle, Provider
+from linkvault.services.connections import ConnectionService
+from linkvault.services.health import HealthReport, HealthStatus
 from linkvault.services.refresh import Outcome
 
 MAX_PAGE_SIZE = 500
@@ -106,9 +108,45 @@ class ConnectionView(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
+    health: HealthStatus = Field(
+        description=(
+            "how the connection is doing, the most urgent that applies: `needs_user_action` "
+            "(only the user can fix it: reconnect; see needs_user_action_reason), "
+            "`needs_attention` (only an operator can: the credentials do not open under any "
+            "configured key, the provider rejects linkvault's client, or the provider cannot "
+            "refresh; see last_refresh_error), `retrying` (refreshes failed and will be "
+            "tried again at next_refresh_at), `ok` (nothing to do; also pending and "
+            "disconnected connections)"
+        )
+    )
+    needs_user_action: bool = Field(
+        description=(
+            "true when only the user can fix the connection by reconnecting: it is expired, "
+            "revoked or failed, or its refreshes failed so many times in a row that the "
+            "worker stopped trying"
+        )
+    )
+    needs_user_action_reason: str | None = Field(
+        description="why the user must act (the status reason, or the refresh failures); "
+        "null when needs_user_action is false"
+    )
+    refresh_failures: int = Field(
+        ge=0, description="refresh failures in a row since the last success or new credentials"
+    )
+    next_refresh_at: datetime | None = Field(
+        description="when the worker tries again after a failure (or next refreshes); "
+        "null = when the credentials come due"
+    )
+    last_refresh_error: str | None = Field(
+        description=(
+            "the last failed refresh, as `outcome: reason` (e.g. `decrypt_failed: ...`, "
+            "`unavailable: ...`), written by linkvault and free of secrets; null after a "
+            "success or new credentials"
+        )
+    )
 
     @classmethod
-    def of(cls, c: ProviderConnection) -> ConnectionView:
+    def of(cls, c: ProviderConnection, h: HealthReport) -> ConnectionView:
         creds = c.credentials
         return cls(
             id=c.id,
@@ -125,6 +163,12 @@ class ConnectionView(BaseModel):
             created_at=c.created_at,
             updated_at=c.updated_at,
             version=c.version,
+            health=h.health,
+            needs_user_action=h.needs_user_action,
+            needs_user_action_reason=h.needs_user_action_reason,
+            refresh_failures=h.refresh_failures,
+            next_refresh_at=h.next_refresh_at,
+            last_refresh_error=h.last_refresh_error,
         )
 
 
@@ -135,10 +179,12 @@ class ConnectionRef(BaseModel):
     version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
 
 
-def shown(conn: ProviderConnection, key: ApiKeyEntry) -> ConnectionView | ConnectionRef:
+async def shown(
+    conn: ProviderConnection, key: ApiKeyEntry, connections: ConnectionService
+) -> ConnectionView | ConnectionRef:
     """A write's answer carries no more than the key could read."""
     if key.allows(KeyScope.READ):
-        return ConnectionView.of(conn)
+        return ConnectionView.of(conn, await connections.health(conn))
     return ConnectionRef(id=conn.id, version=conn.version)
 
 

@@ -8,7 +8,7 @@ a concurrent writer is re-applied to a fresh copy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -30,10 +30,11 @@ from linkvault.errors import (
 )
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.health import HealthReport, assess
 from linkvault.services.refresh import Outcome, RefreshWorker
 from linkvault.services.retry import STALE_ATTEMPTS, save_with_retry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import ConnectionFilter
+from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, ConnectionFilter
 
 __all__ = ["ConnectionPage", "ConnectionService", "Refreshed", "provider_of"]
 
@@ -42,10 +43,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class ConnectionPage:
-    """One page of a listing; `next_after` is the id to continue after, None on the last."""
+    """One page of a listing; `next_after` is the id to continue after, None on the last.
+
+    `health` holds each listed connection's HealthReport, by id.
+    """
 
     items: list[ProviderConnection]
     next_after: UUID | None
+    health: dict[UUID, HealthReport]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class ConnectionService:
 
     `registry`, `cipher` and `worker` are needed only by the operations that use them
     (revealing credentials, refreshing now); the CLI's read-and-change commands pass none.
+    `max_attempts` (the worker's policy's when a worker is given) is how many refresh
+    failures in a row make a connection need its user.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class ConnectionService:
         cipher: Cipher | None = None,
         worker: RefreshWorker | None = None,
         attempts: int = STALE_ATTEMPTS,
+        max_attempts: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -87,6 +95,9 @@ class ConnectionService:
         self.cipher = cipher
         self.worker = worker
         self.attempts = attempts
+        if max_attempts is None:
+            max_attempts = DEFAULT_MAX_ATTEMPTS if worker is None else worker.policy.max_attempts
+        self.max_attempts = max_attempts
 
     async def get(self, connection_id: UUID) -> ProviderConnection:
         """The connection; NotFoundError when there is none."""
@@ -102,18 +113,35 @@ class ConnectionService:
         provider_id: UUID | None = None,
         status: ConnectionStatus | None = None,
         expiring_within: int | None = None,
+        needs_user_action: bool | None = None,
         after: UUID | None = None,
         limit: int = 100,
     ) -> ConnectionPage:
-        """Connections in id order after `after`, filtered; `expiring_within` is in minutes."""
+        """Connections in id order after `after`, filtered, with their health.
+
+        `expiring_within` is in minutes; `needs_user_action` keeps (True) or leaves out
+        (False) the connections only their user can fix.
+        """
         expiring_before = (
             None if expiring_within is None else self.clock() + timedelta(minutes=expiring_within)
         )
-        where = ConnectionFilter(user_id, provider_id, status, expiring_before)
+        where = ConnectionFilter(
+            user_id, provider_id, status, expiring_before, needs_user_action, self.max_attempts
+        )
         rows = await self.store.list_connections(where, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return ConnectionPage(rows, rows[-1].id if more and rows else None)
+        health = await self.health_of(rows)
+        return ConnectionPage(rows, rows[-1].id if more and rows else None, health)
+
+    async def health_of(self, conns: Sequence[ProviderConnection]) -> dict[UUID, HealthReport]:
+        """Each connection's health, by id, in one read of the store."""
+        records = await self.store.connection_health([c.id for c in conns])
+        return {c.id: assess(c, records.get(c.id), max_attempts=self.max_attempts) for c in conns}
+
+    async def health(self, conn: ProviderConnection) -> HealthReport:
+        """One connection's health."""
+        return (await self.health_of([conn]))[conn.id]
 
     async def rename(
         self, connection_id: UUID, alias: str | None, *, expected_version: int | None = None

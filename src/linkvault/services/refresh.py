@@ -717,6 +717,7 @@ class RefreshWorker:
             outcome = outcome if marked else Outcome.LOST_RACE
         elif then is _Then.PARK:
             next_attempt_at = now + self.policy.unrefreshable_retry
+            error = f"{outcome.value}: {reason}"[:500]
         elif then is _Then.DONE:
             succeeded, error = True, None
         else:  # BACKOFF or RETRY: try again later, one more failure on record

@@ -74,6 +74,13 @@ async def list_connections(
         int | None,
         Query(ge=0, le=MAX_MINUTES, description="only active ones expiring within N minutes"),
     ] = None,
+    needs_user_action: Annotated[
+        bool | None,
+        Query(
+            description="true: only the connections only their user can fix (see the "
+            "Connection's needs_user_action); false: only the others"
+        ),
+    ] = None,
     cursor: Annotated[
         str | None, Query(pattern=CURSOR_PATTERN, description="a next_cursor from a page")
     ] = None,
@@ -84,11 +91,13 @@ async def list_connections(
         provider_id=_provider_id(runtime.registry, provider),
         status=status,
         expiring_within=expiring_within,
+        needs_user_action=needs_user_action,
         after=_after(cursor),
         limit=limit,
     )
     following = None if page.next_after is None else encode_cursor(page.next_after)
-    return ConnectionPage(items=[ConnectionView.of(c) for c in page.items], next_cursor=following)
+    items = [ConnectionView.of(c, page.health[c.id]) for c in page.items]
+    return ConnectionPage(items=items, next_cursor=following)
 
 
 def _provider_id(registry: ProviderRegistry, provider: str | None) -> UUID | None:
@@ -133,7 +142,7 @@ async def get_connection(
 ) -> ConnectionView:
     conn = await runtime.connections.get(connection_id)
     response.headers.update(etag(conn))
-    return ConnectionView.of(conn)
+    return ConnectionView.of(conn, await runtime.connections.health(conn))
 
 
 @router.post(
@@ -167,7 +176,9 @@ async def start_connection(
     conn, url = _started(started)
     response.headers["Location"] = f"/v1/connections/{conn.id}"
     response.headers.update(etag(conn))
-    return StartedConnection(connection=shown(conn, key), authorize_url=url)
+    return StartedConnection(
+        connection=await shown(conn, key, runtime.connections), authorize_url=url
+    )
 
 
 def _started(
@@ -205,7 +216,9 @@ async def reconnect(
         api_secret=body.api_secret.get_secret_value() if body.api_secret else None,
     )
     conn, url = _started(started)
-    return StartedConnection(connection=shown(conn, key), authorize_url=url)
+    return StartedConnection(
+        connection=await shown(conn, key, runtime.connections), authorize_url=url
+    )
 
 
 @router.patch(
@@ -243,7 +256,7 @@ async def update_connection(
             raise
         raise precondition_failed(exc) from None
     response.headers.update(etag(conn))
-    return shown(conn, key)
+    return await shown(conn, key, runtime.connections)
 
 
 @router.post(
@@ -262,7 +275,10 @@ async def refresh(
     runtime: CurrentRuntime, connection_id: ConnectionId, key: WriteKey
 ) -> RefreshResult:
     refreshed = await runtime.connections.refresh_now(connection_id)
-    return RefreshResult(outcome=refreshed.outcome, connection=shown(refreshed.connection, key))
+    return RefreshResult(
+        outcome=refreshed.outcome,
+        connection=await shown(refreshed.connection, key, runtime.connections),
+    )
 
 
 @router.post(
@@ -278,7 +294,7 @@ async def disconnect(
 ) -> ConnectionView | ConnectionRef:
     conn = await runtime.connections.disconnect(connection_id)
     response.headers.update(etag(conn))
-    return shown(conn, key)
+    return await shown(conn, key, runtime.connections)
 
 
 @router.delete(
