@@ -203,6 +203,8 @@ class PendingAuthorization:
 EventRow = tuple[UUID, str, str | None, str | None, str | None, str, datetime]
 
 _CURSOR = re.compile(r"(\d{1,20})\.(\d{1,19})")
+MAX_TX = 2**64 - 1
+MAX_BIGINT = 2**63 - 1
 START = ("0", 0)
 
 
@@ -258,7 +260,8 @@ def parse_cursor(cursor: str | None) -> tuple[str, int]:
     if cursor is None:
         return START
     match = _CURSOR.fullmatch(cursor) if isinstance(cursor, str) else None
-    if match is None:
+    # A transaction id is 64 bits unsigned, a position 63 (what the databases can hold).
+    if match is None or int(match.group(1)) > MAX_TX or int(match.group(2)) > MAX_BIGINT:
         raise InvalidArgumentError("an events cursor is two numbers joined by a dot, e.g. 0.0")
     return match.group(1), int(match.group(2))
 
@@ -294,6 +297,6 @@ def stored_event(
 
 
 def check_sequence(after: int) -> int:
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_BIGINT:
         raise InvalidArgumentError("after must be a non-negative event sequence number")
     return after
