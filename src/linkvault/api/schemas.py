@@ -27,6 +27,7 @@ from linkvault.credentials import (
     OAuth2Tokens,
 )
 from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
+from linkvault.events import EventType, StoredEvent
 from linkvault.origins import MAX_RETURN_URL_LENGTH
 from linkvault.providers import AuthStyle, Provider
 from linkvault.services.connections import ConnectionService
@@ -41,6 +42,8 @@ _SCOPE_PATTERN = r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$"
 IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?"[0-9]{1,18}"|[0-9]{1,18})\s*$'
 # encode_cursor's output: 16 bytes in unpadded base64url, whose last character holds 2 bits.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{21}[AQgw]$"
+# An events cursor: a transaction and a position (stores/common.py parse_cursor).
+EVENTS_CURSOR_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,19}$"
 
 
 def _plain_text(value: str) -> str:
@@ -193,6 +196,52 @@ class ConnectionPage(BaseModel):
 
     items: list[ConnectionView]
     next_cursor: str | None
+
+
+class EventData(BaseModel):
+    """What an event is about; some types add fields (attempt, next_attempt_at, outcome...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    connection_id: UUID
+    user_id: UUID
+    provider: str = Field(description="the provider's slug")
+    sequence: int = Field(ge=1, description="the event's place in its connection's history")
+    from_status: str | None
+    to_status: str | None
+    reason: str | None = Field(description="why, in words safe to show anyone")
+
+
+class Event(BaseModel):
+    """One event, as webhooks deliver it (Standard Webhooks' id, type, timestamp and data)."""
+
+    id: UUID
+    type: EventType
+    timestamp: str = Field(description="when it happened (ISO 8601, UTC)")
+    data: EventData
+
+    @classmethod
+    def of(cls, e: StoredEvent) -> Event:
+        return cls.model_validate(e.payload())
+
+
+class EventPage(BaseModel):
+    """One page of a connection's events; pass `next_cursor` as `after` for the next one."""
+
+    data: list[Event]
+    next_cursor: str | None = Field(
+        description="the last sequence of this page while there are more; null on the last page"
+    )
+
+
+class EventFeed(BaseModel):
+    """Events of the whole log; poll again with `after` = `next_cursor`."""
+
+    data: list[Event]
+    next_cursor: str = Field(
+        description="where to continue: the last event's cursor, or the given one when "
+        "there was no new event"
+    )
 
 
 class _Input(BaseModel):

@@ -28,6 +28,7 @@ from linkvault.errors import (
     StaleConnectionError,
     UnknownProviderError,
 )
+from linkvault.events import ConnectionEvent, EventType
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.services.health import HealthReport, assess
@@ -164,14 +165,35 @@ class ConnectionService:
         await self.store.delete(connection_id)
 
     async def reveal_credentials(
-        self, connection_id: UUID
+        self, connection_id: UUID, *, revealed_to: str | None = None
     ) -> tuple[ProviderConnection, CredentialPayload]:
-        """The connection and its decrypted credentials; NoCredentialsError when it holds none."""
+        """The connection and its decrypted credentials; NoCredentialsError when it holds none.
+
+        With `revealed_to` (who asked: an API key's name, never a secret), a
+        credentials.revealed event is logged before the credentials are handed out.
+        """
         cipher = self._needs(self.cipher, "cipher")
         conn = await self.get(connection_id)
         if conn.credentials is None:
             raise NoCredentialsError(conn.status.value)
-        return conn, open_credentials(conn.credentials, connection_id=conn.id, cipher=cipher)
+        payload = open_credentials(conn.credentials, connection_id=conn.id, cipher=cipher)
+        if revealed_to is not None:
+            event = ConnectionEvent(
+                type=EventType.CREDENTIALS_REVEALED,
+                connection_id=conn.id,
+                user_id=conn.user_id,
+                provider_slug=conn.provider_slug,
+                occurred_at=self.clock(),
+                from_status=conn.status.value,
+                to_status=conn.status.value,
+                data={
+                    "api_key": revealed_to,
+                    "credential_type": conn.credentials.credential_type.value,
+                },
+            )
+            if not await self.store.append_events(conn.id, [event]):
+                raise NotFoundError(connection_id)
+        return conn, payload
 
     async def refresh_now(self, connection_id: UUID) -> Refreshed:
         """Refresh an active OAuth2 connection at once, through the worker's own path.

@@ -33,6 +33,8 @@ from linkvault.api.schemas import (
     ConnectionPage,
     ConnectionRef,
     ConnectionView,
+    Event,
+    EventPage,
     ReconnectConnection,
     RefreshResult,
     RevealedCredentials,
@@ -47,6 +49,7 @@ from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import StaleConnectionError, UnknownProviderError
 from linkvault.providers import ProviderRegistry
 from linkvault.services.connect import AuthorizationStart
+from linkvault.stores.common import MAX_BIGINT as MAX_SEQUENCE
 from linkvault.stores.common import MAX_MINUTES
 
 audit = logging.getLogger("linkvault.api.audit")
@@ -127,6 +130,32 @@ def _after(cursor: str | None) -> UUID | None:
         raise invalid(
             "the cursor is not one this API issued", ["query", "cursor"], "malformed cursor"
         ) from None
+
+
+@router.get(
+    "/{connection_id}/events",
+    tags=["events"],
+    response_model=EventPage,
+    summary="Read a connection's events",
+    description=(
+        "Scope `read`. The connection's events in the order they happened (by `sequence`), "
+        "one page at a time: pass `next_cursor` as `after`. A deleted connection's events "
+        "are still here; 404 only when there is no such connection and it has no events."
+    ),
+    responses={**COMMON, 404: E404},
+)
+async def connection_events(
+    runtime: CurrentRuntime,
+    connection_id: ConnectionId,
+    _key: ReadKey,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQUENCE, description="only events after this sequence")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> EventPage:
+    page = await runtime.events.connection_events(connection_id, after=after, limit=limit)
+    following = None if page.next_after is None else str(page.next_after)
+    return EventPage(data=[Event.of(e) for e in page.events], next_cursor=following)
 
 
 @router.get(
@@ -318,14 +347,18 @@ async def delete(runtime: CurrentRuntime, connection_id: ConnectionId, _key: Wri
     summary="Read a connection's decrypted credentials",
     description=(
         "Scope `credentials`. The only response that holds a secret; every read is logged "
-        "with the connection id and the API key's name. 409 when it holds none."
+        "with the connection id and the API key's name, and written to the event log as "
+        "`credentials.revealed` (naming the key, never a secret) before the answer. 409 when "
+        "it holds none."
     ),
     responses={**COMMON, 404: E404, 409: E409},
 )
 async def read_credentials(
     runtime: CurrentRuntime, connection_id: ConnectionId, response: Response, key: CredentialsKey
 ) -> RevealedCredentials:
-    conn, payload = await runtime.connections.reveal_credentials(connection_id)
+    conn, payload = await runtime.connections.reveal_credentials(
+        connection_id, revealed_to=key.name
+    )
     assert conn.credentials is not None
     _audit_read(conn, key.name)
     response.headers["Cache-Control"] = "no-store"
