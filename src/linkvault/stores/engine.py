@@ -258,7 +258,9 @@ class StoreEngine(ClosingOnExit):
         if not connection_ids:
             return {}
         ids = self._list([self._key(i) for i in connection_ids])
-        rows = await self._rows("connection_health", ids)
+        ordered = sorted(connection_ids, key=lambda i: i.bytes)
+        low, high = self._key(ordered[0]), self._key(ordered[-1])
+        rows = await self._rows("connection_health", ids, low, high)
         return {
             (key := self._uuid(r[0])): ConnectionHealth(key, int(r[1]), self._maybe_at(r[2]), r[3])
             for r in rows

@@ -302,10 +302,12 @@ WHERE provider_slug = $1 AND (failures > 0 OR opened > 0)
 RETURNING provider_slug;
 
 -- name: connection_health
--- The refresh worker's record of each of these connections ($1): failures, next try, last error.
+-- The refresh worker's record of each of these connections ($1): failures, next try, last error
+-- ($2 and $3, the lowest and highest id, are for SQLite's sake).
 SELECT id, refresh_failures, next_refresh_at, last_refresh_error
 FROM provider_connections
-WHERE id = ANY($1::uuid[]);
+WHERE id = ANY($1::uuid[])
+  AND id BETWEEN $2 AND $3;
 
 -- name: find_sealed_outside
 -- Rotation: connections whose credentials were not sealed under the key with this header.

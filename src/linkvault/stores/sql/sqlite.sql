@@ -289,10 +289,12 @@ WHERE provider_slug = ?1 AND (failures > 0 OR opened > 0)
 RETURNING provider_slug;
 
 -- name: connection_health
--- The refresh worker's record of each of these connections (?1, a JSON array of hex ids).
+-- The refresh worker's record of each of these connections (?1, a JSON array of hex ids);
+-- ?2 and ?3, the lowest and highest of them, keep the read to a range of the primary key.
 SELECT id, refresh_failures, next_refresh_at, last_refresh_error
 FROM provider_connections
-WHERE hex(id) IN (SELECT value FROM json_each(?1));
+WHERE id BETWEEN ?2 AND ?3
+  AND hex(id) IN (SELECT value FROM json_each(?1));
 
 -- name: find_sealed_outside
 -- Rotation: connections whose credentials were not sealed under the key with this header.
