@@ -21,6 +21,7 @@ from linkvault.providers import (
 )
 from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
+from linkvault.services.events import EventService
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
@@ -73,6 +74,7 @@ class Runtime:
     worker: RefreshWorker
     clock: Clock = field(default=utc_now)
     connections: ConnectionService = field(init=False)
+    events: EventService = field(init=False)
 
     def __post_init__(self) -> None:
         self.connections = ConnectionService(
@@ -82,6 +84,7 @@ class Runtime:
             cipher=self.cipher,
             worker=self.worker,
         )
+        self.events = EventService(self.store)
 
     @classmethod
     async def open(

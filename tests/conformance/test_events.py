@@ -242,13 +242,16 @@ async def test_one_connection_s_events_page_by_sequence(
     assert await store.connection_events(uuid4()) == []
 
 
-@pytest.mark.parametrize("cursor", ["", "1", "a.1", "1.-1", "1.2.3", " 1.2", "1" * 21 + ".1"])
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "1", "a.1", "1.-1", "1.2.3", " 1.2", "1" * 21 + ".1", f"1.{2**63}", f"{2**64}.1"],
+)
 async def test_a_malformed_cursor_is_refused(store: ConnectionStore, cursor: str) -> None:
     with pytest.raises(InvalidArgumentError, match="cursor"):
         await store.read_events(cursor)
 
 
-@pytest.mark.parametrize("after", [-1, True, 1.5])
+@pytest.mark.parametrize("after", [-1, True, 1.5, 2**63])
 async def test_a_bad_sequence_is_refused(store: ConnectionStore, after: object) -> None:
     with pytest.raises(InvalidArgumentError, match="sequence"):
         await store.connection_events(uuid4(), after=after)  # type: ignore[arg-type]

@@ -175,6 +175,7 @@ def test_the_readme_runs_as_printed(session: Session) -> None:
     assert "Imported 1 connection(s)." in printed
     assert "acme" in printed
     assert "due 45 minutes later: True" in printed  # the linkvault.testing example
+    assert "connection.activated" in printed  # `linkvault events`
     project_python = session.env["PATH"].split(":")[0] + "/python3"
     installed = subprocess.run(
         [project_python, "-c", "import linkvault; print(linkvault.__file__)"],

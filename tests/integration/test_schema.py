@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -28,9 +29,9 @@ PORT_QUERIES: dict[str, Callable[[Any, Any, Any], tuple[Any, ...]]] = {
     "find_by_user_and_provider": lambda u, p, t: (u, p),
     "find_active_by_user": lambda u, p, t: (u,),
     "find_expiring_soon": lambda u, p, t: (t,),
-    "list_by_user": lambda u, p, t: (u, None, None, None, None, 50),
-    "list_expiring": lambda u, p, t: (None, None, None, t, None, 50),
-    "list_all": lambda u, p, t: (None, None, "active", None, None, 50),
+    "list_by_user": lambda u, p, t: (u, None, None, None, None, 50, True, 8),
+    "list_expiring": lambda u, p, t: (None, None, None, t, None, 50, None, 8),
+    "list_all": lambda u, p, t: (None, None, "active", None, None, 50, True, 8),
 }
 
 
@@ -167,6 +168,30 @@ async def test_every_port_query_is_answered_from_an_index_on_sqlite(tmp_path: Pa
                 assert "TEMP B-TREE" not in plan, plan
             else:
                 assert "SCAN provider_connections" not in plan, f"{name}: {plan}"
+
+
+async def test_the_health_of_a_page_is_read_by_key_on_both_databases(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    await _fill_postgres(postgres_url, 20_000)
+    ids = sorted((uuid4() for _ in range(50)), key=lambda i: i.bytes)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        sql = named.load("postgres")["connection_health"]
+        rows = await conn.fetch(f"EXPLAIN (COSTS OFF) {sql}", ids, ids[0], ids[-1])
+        plan = "\n".join(r[0] for r in rows)
+    finally:
+        await conn.close()
+    assert "Seq Scan" not in plan, plan
+    assert "Index" in plan, plan
+    async with await SqliteConnectionRepository.open(tmp_path / "lv.db") as repo:
+        await repo.migrate()
+    with sqlite3.connect(tmp_path / "lv.db") as db:
+        sql = named.load("sqlite")["connection_health"]
+        hexes = json.dumps([i.bytes.hex().upper() for i in ids])
+        params = (hexes, ids[0].bytes, ids[-1].bytes)
+        lite = " | ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "SEARCH provider_connections USING INDEX sqlite_autoindex" in lite, lite
 
 
 async def test_open_store_opens_each_kind_from_one_url(tmp_path: Path, postgres_url: str) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import secrets
@@ -33,6 +34,8 @@ from linkvault.crypto import (
 )
 from linkvault.domain import CredentialType, ProviderConnection, ProviderCredentials
 from linkvault.errors import DecryptionError, InvalidCredentialsError, LinkvaultError
+from linkvault.events import EventType
+from linkvault.services.connections import ConnectionService
 from linkvault.services.rotation import KeyInUseError, retire, rotate
 from linkvault.stores import ConnectionStore
 from linkvault.stores.postgres import PostgresConnectionRepository
@@ -231,6 +234,12 @@ async def test_full_secret_cycle_leaks_nothing_to_logs_reprs_errors_or_the_table
                 open_credentials(credentials, connection_id=open_as, cipher=with_cipher)
             errors.append(caught.value)
 
+    # Revealing writes credentials.revealed: it names who asked, never what was revealed.
+    service = ConnectionService(backend.store, cipher=cipher)
+    for connection_id, payload in originals.items():
+        _, revealed = await service.reveal_credentials(connection_id, revealed_to="leak-reader")
+        assert revealed == payload
+
     rows_before_rotation = await backend.dump()
     rotated_ring = keyring_from_settings(f"{next_entry},{entry}", None, embedded=False)
     rotated_cipher = AesGcmCipher(rotated_ring)
@@ -319,3 +328,11 @@ async def test_full_secret_cycle_leaks_nothing_to_logs_reprs_errors_or_the_table
                 needles.assert_absent_from_text("a column", str(value))
     for text in text_rows:
         needles.assert_absent_from_text("the text form of a row", text)
+
+    events = await backend.store.read_events(limit=1000)
+    revealed_events = [e for e in events if e.event.type is EventType.CREDENTIALS_REVEALED]
+    assert {e.event.data["api_key"] for e in revealed_events} == {"leak-reader"}
+    assert len(revealed_events) == len(originals)
+    for event in events:
+        needles.assert_absent_from_text("an event's payload", json.dumps(event.payload()))
+        needles.assert_absent_from_text("an event's repr", repr(event))

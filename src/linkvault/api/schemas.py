@@ -27,8 +27,11 @@ from linkvault.credentials import (
     OAuth2Tokens,
 )
 from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
+from linkvault.events import EventType, StoredEvent
 from linkvault.origins import MAX_RETURN_URL_LENGTH
 from linkvault.providers import AuthStyle, Provider
+from linkvault.services.connections import ConnectionService
+from linkvault.services.health import HealthReport, HealthStatus
 from linkvault.services.refresh import Outcome
 
 MAX_PAGE_SIZE = 500
@@ -39,6 +42,8 @@ _SCOPE_PATTERN = r"^[\x21\x23-\x5B\x5D-\x7E]{1,128}$"
 IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?"[0-9]{1,18}"|[0-9]{1,18})\s*$'
 # encode_cursor's output: 16 bytes in unpadded base64url, whose last character holds 2 bits.
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{21}[AQgw]$"
+# An events cursor: a transaction and a position (stores/common.py parse_cursor).
+EVENTS_CURSOR_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,19}$"
 
 
 def _plain_text(value: str) -> str:
@@ -106,9 +111,45 @@ class ConnectionView(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
+    health: HealthStatus = Field(
+        description=(
+            "how the connection is doing, the most urgent that applies: `needs_user_action` "
+            "(only the user can fix it: reconnect; see needs_user_action_reason), "
+            "`needs_attention` (only an operator can: the credentials do not open under any "
+            "configured key, the provider rejects linkvault's client, or the provider cannot "
+            "refresh; see last_refresh_error), `retrying` (refreshes failed and will be "
+            "tried again at next_refresh_at), `ok` (nothing to do; also pending and "
+            "disconnected connections)"
+        )
+    )
+    needs_user_action: bool = Field(
+        description=(
+            "true when only the user can fix the connection by reconnecting: it is expired, "
+            "revoked or failed, or its refreshes failed so many times in a row that the "
+            "worker stopped trying"
+        )
+    )
+    needs_user_action_reason: str | None = Field(
+        description="why the user must act (the status reason, or the refresh failures); "
+        "null when needs_user_action is false"
+    )
+    refresh_failures: int = Field(
+        ge=0, description="refresh failures in a row since the last success or new credentials"
+    )
+    next_refresh_at: datetime | None = Field(
+        description="when the worker tries again after a failure (or next refreshes); "
+        "null = when the credentials come due"
+    )
+    last_refresh_error: str | None = Field(
+        description=(
+            "the last failed refresh, as `outcome: reason` (e.g. `decrypt_failed: ...`, "
+            "`unavailable: ...`), written by linkvault and free of secrets; null after a "
+            "success or new credentials"
+        )
+    )
 
     @classmethod
-    def of(cls, c: ProviderConnection) -> ConnectionView:
+    def of(cls, c: ProviderConnection, h: HealthReport) -> ConnectionView:
         creds = c.credentials
         return cls(
             id=c.id,
@@ -125,6 +166,12 @@ class ConnectionView(BaseModel):
             created_at=c.created_at,
             updated_at=c.updated_at,
             version=c.version,
+            health=h.health,
+            needs_user_action=h.needs_user_action,
+            needs_user_action_reason=h.needs_user_action_reason,
+            refresh_failures=h.refresh_failures,
+            next_refresh_at=h.next_refresh_at,
+            last_refresh_error=h.last_refresh_error,
         )
 
 
@@ -135,10 +182,12 @@ class ConnectionRef(BaseModel):
     version: int = Field(ge=0, description="optimistic-concurrency version; also the ETag")
 
 
-def shown(conn: ProviderConnection, key: ApiKeyEntry) -> ConnectionView | ConnectionRef:
+async def shown(
+    conn: ProviderConnection, key: ApiKeyEntry, connections: ConnectionService
+) -> ConnectionView | ConnectionRef:
     """A write's answer carries no more than the key could read."""
     if key.allows(KeyScope.READ):
-        return ConnectionView.of(conn)
+        return ConnectionView.of(conn, await connections.health(conn))
     return ConnectionRef(id=conn.id, version=conn.version)
 
 
@@ -147,6 +196,52 @@ class ConnectionPage(BaseModel):
 
     items: list[ConnectionView]
     next_cursor: str | None
+
+
+class EventData(BaseModel):
+    """What an event is about; some types add fields (attempt, next_attempt_at, outcome...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    connection_id: UUID
+    user_id: UUID
+    provider: str = Field(description="the provider's slug")
+    sequence: int = Field(ge=1, description="the event's place in its connection's history")
+    from_status: str | None
+    to_status: str | None
+    reason: str | None = Field(description="why, in words safe to show anyone")
+
+
+class Event(BaseModel):
+    """One event, as webhooks deliver it (Standard Webhooks' id, type, timestamp and data)."""
+
+    id: UUID
+    type: EventType
+    timestamp: str = Field(description="when it happened (ISO 8601, UTC)")
+    data: EventData
+
+    @classmethod
+    def of(cls, e: StoredEvent) -> Event:
+        return cls.model_validate(e.payload())
+
+
+class EventPage(BaseModel):
+    """One page of a connection's events; pass `next_cursor` as `after` for the next one."""
+
+    data: list[Event]
+    next_cursor: str | None = Field(
+        description="the last sequence of this page while there are more; null on the last page"
+    )
+
+
+class EventFeed(BaseModel):
+    """Events of the whole log; poll again with `after` = `next_cursor`."""
+
+    data: list[Event]
+    next_cursor: str = Field(
+        description="where to continue: the last event's cursor, or the given one when "
+        "there was no new event"
+    )
 
 
 class _Input(BaseModel):

@@ -12,6 +12,7 @@ from linkvault import __version__
 from linkvault.cli import service
 from linkvault.cli.common import CliError, configure_logging, say, warn
 from linkvault.cli.connections import connections_app
+from linkvault.cli.events import events
 from linkvault.cli.keys import keys_app
 from linkvault.cli.providers import providers_app
 from linkvault.errors import LinkvaultError
@@ -53,6 +54,7 @@ app.command()(service.migrate)
 app.command()(service.worker)
 app.command()(service.serve)
 app.command()(service.sandbox)
+app.command()(events)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`linkvault connections`: list, show, disconnect, delete and import connections.
+"""`linkvault connections`: list, show, events, disconnect, delete and import connections.
 
 Reading and changing go through the same connection service as the HTTP API.
 """
@@ -29,9 +29,12 @@ from linkvault.cli.common import (
     settings,
     with_existing_store,
 )
+from linkvault.cli.events import print_events
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidTransitionError, UnknownProviderError
-from linkvault.services.connections import ConnectionService
+from linkvault.services.connections import ConnectionPage, ConnectionService
+from linkvault.services.events import EventPage, EventService
+from linkvault.services.health import HealthReport
 from linkvault.stores import ConnectionStore
 
 T = TypeVar("T")
@@ -44,14 +47,16 @@ async def with_connections(
 ) -> T:
     """Run `work` on the connection service of a database that exists and is migrated."""
 
+    attempts = settings().refresh_max_attempts
+
     async def on_store(store: ConnectionStore) -> T:
-        return await work(ConnectionService(store))
+        return await work(ConnectionService(store, max_attempts=attempts))
 
     return await with_existing_store(database_url, on_store)
 
 
-def connection_json(c: ProviderConnection) -> dict[str, Any]:
-    """The public fields of a connection; credentials are described, never included."""
+def connection_json(c: ProviderConnection, h: HealthReport) -> dict[str, Any]:
+    """The public fields of a connection and its health; credentials are described only."""
     creds = c.credentials
     return {
         "id": str(c.id),
@@ -68,12 +73,19 @@ def connection_json(c: ProviderConnection) -> dict[str, Any]:
         "created_at": c.created_at.isoformat(),
         "updated_at": c.updated_at.isoformat(),
         "version": c.version,
+        "health": h.health.value,
+        "needs_user_action": h.needs_user_action,
+        "needs_user_action_reason": h.needs_user_action_reason,
+        "refresh_failures": h.refresh_failures,
+        "next_refresh_at": h.next_refresh_at.isoformat() if h.next_refresh_at else None,
+        "last_refresh_error": h.last_refresh_error,
     }
 
 
-def print_connections(rows: list[ProviderConnection], as_json: bool) -> None:
+def print_connections(page: ConnectionPage, as_json: bool) -> None:
+    rows, health = page.items, page.health
     if as_json:
-        print_json([connection_json(c) for c in rows])
+        print_json([connection_json(c, health[c.id]) for c in rows])
         return
     if not rows:
         say("No connections.")
@@ -82,17 +94,27 @@ def print_connections(rows: list[ProviderConnection], as_json: bool) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_lines=True)
     table.add_column("id\nuser", no_wrap=True, min_width=36)
     table.add_column("provider\nalias", overflow="fold", max_width=24)
-    table.add_column("status\nexpires (UTC)", no_wrap=True)
+    table.add_column("status\nexpires (UTC)\nhealth", no_wrap=True)
     table.add_column("reason", overflow="fold", ratio=1)
     for c in rows:
+        h = health[c.id]
         expires = c.credentials.expires_at if c.credentials else None
+        when = expires.strftime("%Y-%m-%d %H:%M") if expires else ""
         table.add_row(
             f"{c.id}\n{c.user_id}",
             markup_safe(f"{c.provider_slug}\n{c.alias or ''}"),
-            f"{c.status.value}\n{expires.strftime('%Y-%m-%d %H:%M') if expires else ''}",
-            markup_safe(c.status_reason or ""),
+            f"{c.status.value}\n{when}\n{h.health.value}",
+            markup_safe(_reason(c, h)),
         )
     out.print(table)
+
+
+def _reason(c: ProviderConnection, h: HealthReport) -> str:
+    """The status reason, or why the user must act, and the last refresh error if any."""
+    lines = [h.needs_user_action_reason or c.status_reason or ""]
+    if h.last_refresh_error and h.last_refresh_error not in lines[0]:
+        lines.append(f"last refresh ({h.refresh_failures} failed): {h.last_refresh_error}")
+    return "\n".join(lines)
 
 
 @connections_app.command("list")
@@ -106,24 +128,32 @@ def connections_list(
         int | None,
         typer.Option(help="Only active ones expiring within N minutes.", min=0, metavar="N"),
     ] = None,
+    needs_user_action: Annotated[
+        bool,
+        typer.Option(
+            "--needs-user-action",
+            help="Only those only their user can fix: expired, revoked, failed, or out of "
+            "refresh attempts.",
+        ),
+    ] = False,
     limit: Annotated[
         int, typer.Option(help="At most this many.", min=1, max=1000, metavar="N")
     ] = 100,
     database_url: DatabaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List connections, filtered by user, provider, status or expiry."""
+    """List connections with their health, filtered by user, provider, status or expiry."""
     provider_id = None if provider is None else _provider_id(provider)
 
-    async def work(connections: ConnectionService) -> list[ProviderConnection]:
-        page = await connections.list(
+    async def work(connections: ConnectionService) -> ConnectionPage:
+        return await connections.list(
             user_id=user,
             provider_id=provider_id,
             status=status,
             expiring_within=expiring_within,
+            needs_user_action=True if needs_user_action else None,
             limit=limit,
         )
-        return page.items
 
     print_connections(run(with_connections(database_url, work)), as_json)
 
@@ -151,22 +181,51 @@ def connections_show(
     database_url: DatabaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one connection."""
-    found = _find(database_url, connection_id)
+    """Show one connection and its health."""
+    found, health = _find(database_url, connection_id)
+    fields = connection_json(found, health)
     if as_json:
-        print_json(connection_json(found))
+        print_json(fields)
         return
     table = Table("field", "value", show_header=False, box=box.SIMPLE, pad_edge=False)
-    for key, value in connection_json(found).items():
+    for key, value in fields.items():
         table.add_row(key, "" if value is None else markup_safe(str(value)))
     out.print(table)
 
 
-def _find(database_url: str | None, connection_id: UUID) -> ProviderConnection:
-    async def work(connections: ConnectionService) -> ProviderConnection:
-        return await connections.get(connection_id)
+def _find(database_url: str | None, connection_id: UUID) -> tuple[ProviderConnection, HealthReport]:
+    async def work(connections: ConnectionService) -> tuple[ProviderConnection, HealthReport]:
+        conn = await connections.get(connection_id)
+        return conn, await connections.health(conn)
 
     return run(with_connections(database_url, work))
+
+
+@connections_app.command("events")
+def connections_events(
+    connection_id: ConnectionIdArgument,
+    after: Annotated[
+        int, typer.Option(help="Only events after this sequence number.", min=0, metavar="N")
+    ] = 0,
+    limit: Annotated[
+        int, typer.Option(help="At most this many.", min=1, max=1000, metavar="N")
+    ] = 100,
+    database_url: DatabaseOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what happened to a connection, in order (a deleted one's events too)."""
+
+    async def on_store(store: ConnectionStore) -> EventPage:
+        return await EventService(store).connection_events(connection_id, after=after, limit=limit)
+
+    page = run(with_existing_store(database_url, on_store))
+    following = None if page.next_after is None else str(page.next_after)
+    if as_json:
+        print_json({"data": [e.payload() for e in page.events], "next_cursor": following})
+        return
+    print_events(page.events, with_connection=False)
+    if following is not None:
+        say(f"More: --after {following}")
 
 
 @connections_app.command("disconnect")
@@ -194,7 +253,7 @@ def connections_delete(
     database_url: DatabaseOption = None,
 ) -> None:
     """Delete a connection for good."""
-    _find(database_url, connection_id)
+    _find(database_url, connection_id)  # an unknown id fails before the question
     if not yes and not typer.confirm(f"Delete {connection_id} permanently?"):
         raise typer.Exit(1)
 

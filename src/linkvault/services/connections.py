@@ -8,7 +8,7 @@ a concurrent writer is re-applied to a fresh copy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -28,12 +28,14 @@ from linkvault.errors import (
     StaleConnectionError,
     UnknownProviderError,
 )
+from linkvault.events import ConnectionEvent, EventType
 from linkvault.ports import Cipher
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.health import HealthReport, assess
 from linkvault.services.refresh import Outcome, RefreshWorker
 from linkvault.services.retry import STALE_ATTEMPTS, save_with_retry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import ConnectionFilter
+from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, ConnectionFilter
 
 __all__ = ["ConnectionPage", "ConnectionService", "Refreshed", "provider_of"]
 
@@ -42,10 +44,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class ConnectionPage:
-    """One page of a listing; `next_after` is the id to continue after, None on the last."""
+    """One page of a listing; `next_after` is the id to continue after, None on the last.
+
+    `health` holds each listed connection's HealthReport, by id.
+    """
 
     items: list[ProviderConnection]
     next_after: UUID | None
+    health: dict[UUID, HealthReport]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,8 @@ class ConnectionService:
 
     `registry`, `cipher` and `worker` are needed only by the operations that use them
     (revealing credentials, refreshing now); the CLI's read-and-change commands pass none.
+    `max_attempts` (the worker's policy's when a worker is given) is how many refresh
+    failures in a row make a connection need its user.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class ConnectionService:
         cipher: Cipher | None = None,
         worker: RefreshWorker | None = None,
         attempts: int = STALE_ATTEMPTS,
+        max_attempts: int | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -87,6 +96,9 @@ class ConnectionService:
         self.cipher = cipher
         self.worker = worker
         self.attempts = attempts
+        if max_attempts is None:
+            max_attempts = DEFAULT_MAX_ATTEMPTS if worker is None else worker.policy.max_attempts
+        self.max_attempts = max_attempts
 
     async def get(self, connection_id: UUID) -> ProviderConnection:
         """The connection; NotFoundError when there is none."""
@@ -102,18 +114,35 @@ class ConnectionService:
         provider_id: UUID | None = None,
         status: ConnectionStatus | None = None,
         expiring_within: int | None = None,
+        needs_user_action: bool | None = None,
         after: UUID | None = None,
         limit: int = 100,
     ) -> ConnectionPage:
-        """Connections in id order after `after`, filtered; `expiring_within` is in minutes."""
+        """Connections in id order after `after`, filtered, with their health.
+
+        `expiring_within` is in minutes; `needs_user_action` keeps (True) or leaves out
+        (False) the connections only their user can fix.
+        """
         expiring_before = (
             None if expiring_within is None else self.clock() + timedelta(minutes=expiring_within)
         )
-        where = ConnectionFilter(user_id, provider_id, status, expiring_before)
+        where = ConnectionFilter(
+            user_id, provider_id, status, expiring_before, needs_user_action, self.max_attempts
+        )
         rows = await self.store.list_connections(where, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return ConnectionPage(rows, rows[-1].id if more and rows else None)
+        health = await self.health_of(rows)
+        return ConnectionPage(rows, rows[-1].id if more and rows else None, health)
+
+    async def health_of(self, conns: Sequence[ProviderConnection]) -> dict[UUID, HealthReport]:
+        """Each connection's health, by id, in one read of the store."""
+        records = await self.store.connection_health([c.id for c in conns])
+        return {c.id: assess(c, records.get(c.id), max_attempts=self.max_attempts) for c in conns}
+
+    async def health(self, conn: ProviderConnection) -> HealthReport:
+        """One connection's health."""
+        return (await self.health_of([conn]))[conn.id]
 
     async def rename(
         self, connection_id: UUID, alias: str | None, *, expected_version: int | None = None
@@ -136,14 +165,35 @@ class ConnectionService:
         await self.store.delete(connection_id)
 
     async def reveal_credentials(
-        self, connection_id: UUID
+        self, connection_id: UUID, *, revealed_to: str | None = None
     ) -> tuple[ProviderConnection, CredentialPayload]:
-        """The connection and its decrypted credentials; NoCredentialsError when it holds none."""
+        """The connection and its decrypted credentials; NoCredentialsError when it holds none.
+
+        With `revealed_to` (who asked: an API key's name, never a secret), a
+        credentials.revealed event is logged before the credentials are handed out.
+        """
         cipher = self._needs(self.cipher, "cipher")
         conn = await self.get(connection_id)
         if conn.credentials is None:
             raise NoCredentialsError(conn.status.value)
-        return conn, open_credentials(conn.credentials, connection_id=conn.id, cipher=cipher)
+        payload = open_credentials(conn.credentials, connection_id=conn.id, cipher=cipher)
+        if revealed_to is not None:
+            event = ConnectionEvent(
+                type=EventType.CREDENTIALS_REVEALED,
+                connection_id=conn.id,
+                user_id=conn.user_id,
+                provider_slug=conn.provider_slug,
+                occurred_at=self.clock(),
+                from_status=conn.status.value,
+                to_status=conn.status.value,
+                data={
+                    "api_key": revealed_to,
+                    "credential_type": conn.credentials.credential_type.value,
+                },
+            )
+            if not await self.store.append_events(conn.id, [event]):
+                raise NotFoundError(connection_id)
+        return conn, payload
 
     async def refresh_now(self, connection_id: UUID) -> Refreshed:
         """Refresh an active OAuth2 connection at once, through the worker's own path.

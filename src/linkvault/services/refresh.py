@@ -51,7 +51,7 @@ from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.services.limits import AdaptiveLimit
 from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import Claim, LostAttempt
+from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, Claim, LostAttempt
 
 log = logging.getLogger("linkvault.refresher")
 
@@ -90,7 +90,7 @@ class RefreshPolicy:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     batch_size: int = 100
     concurrency: int = 16
-    max_attempts: int = 8
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_base: timedelta = timedelta(seconds=5)
     backoff_max: timedelta = timedelta(minutes=15)
     idle_poll: float = 1.0
@@ -717,6 +717,7 @@ class RefreshWorker:
             outcome = outcome if marked else Outcome.LOST_RACE
         elif then is _Then.PARK:
             next_attempt_at = now + self.policy.unrefreshable_retry
+            error = f"{outcome.value}: {reason}"[:500]
         elif then is _Then.DONE:
             succeeded, error = True, None
         else:  # BACKOFF or RETRY: try again later, one more failure on record

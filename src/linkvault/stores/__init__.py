@@ -19,6 +19,7 @@ from linkvault.stores.common import (
     CircuitCount,
     Claim,
     ConnectionFilter,
+    ConnectionHealth,
     PendingAuthorization,
     RefreshBacklog,
 )
@@ -38,6 +39,10 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
         after: UUID | None = None,
         limit: int = 100,
     ) -> list[ProviderConnection]: ...
+
+    async def connection_health(
+        self, connection_ids: Sequence[UUID]
+    ) -> dict[UUID, ConnectionHealth]: ...
 
     async def claim_due(
         self,

@@ -57,14 +57,51 @@ MAX_PAGE = 1000
 MAX_CIRCUIT_ERROR = 500
 
 
+# How many refresh failures in a row the worker takes before it stops trying (the default of
+# RefreshPolicy.max_attempts).
+DEFAULT_MAX_ATTEMPTS = 8
+# The statuses only the user can leave (by reconnecting).
+USER_ACTION_STATUSES = frozenset(
+    {ConnectionStatus.EXPIRED, ConnectionStatus.REVOKED, ConnectionStatus.FAILED}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionFilter:
-    """Optional filters of a listing; `expiring_before` keeps ACTIVE ones expiring by then."""
+    """Optional filters of a listing; `expiring_before` keeps ACTIVE ones expiring by then.
+
+    `needs_user_action` keeps (True) or leaves out (False) connections only the user can fix:
+    expired, revoked or failed ones, and ACTIVE ones whose refreshes failed `max_attempts`
+    times in a row (the worker no longer tries them).
+    """
 
     user_id: UUID | None = None
     provider_id: UUID | None = None
     status: ConnectionStatus | None = None
     expiring_before: datetime | None = None
+    needs_user_action: bool | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionHealth:
+    """The refresh worker's record of a connection: failures in a row, next try, last error.
+
+    `last_refresh_error` is text linkvault wrote ("outcome: reason"), never a provider's
+    secret; None after a success or new credentials.
+    """
+
+    connection_id: UUID
+    refresh_failures: int = 0
+    next_refresh_at: datetime | None = None
+    last_refresh_error: str | None = None
+
+
+def check_max_attempts(max_attempts: int) -> int:
+    """Validate the attempts threshold of a needs_user_action filter."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidArgumentError("max_attempts must be a positive integer")
+    return max_attempts
 
 
 def list_query(where: ConnectionFilter) -> str:
@@ -166,6 +203,8 @@ class PendingAuthorization:
 EventRow = tuple[UUID, str, str | None, str | None, str | None, str, datetime]
 
 _CURSOR = re.compile(r"(\d{1,20})\.(\d{1,19})")
+MAX_TX = 2**64 - 1
+MAX_BIGINT = 2**63 - 1
 START = ("0", 0)
 
 
@@ -221,7 +260,8 @@ def parse_cursor(cursor: str | None) -> tuple[str, int]:
     if cursor is None:
         return START
     match = _CURSOR.fullmatch(cursor) if isinstance(cursor, str) else None
-    if match is None:
+    # A transaction id is 64 bits unsigned, a position 63 (what the databases can hold).
+    if match is None or int(match.group(1)) > MAX_TX or int(match.group(2)) > MAX_BIGINT:
         raise InvalidArgumentError("an events cursor is two numbers joined by a dot, e.g. 0.0")
     return match.group(1), int(match.group(2))
 
@@ -257,6 +297,6 @@ def stored_event(
 
 
 def check_sequence(after: int) -> int:
-    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_BIGINT:
         raise InvalidArgumentError("after must be a non-negative event sequence number")
     return after

@@ -23,10 +23,12 @@ from linkvault.stores.common import (
     Claim,
     ClosingOnExit,
     ConnectionFilter,
+    ConnectionHealth,
     EventRow,
     PendingAuthorization,
     RefreshBacklog,
     check_limit,
+    check_max_attempts,
     check_minutes,
     check_owner,
     check_sequence,
@@ -243,9 +245,26 @@ class StoreEngine(ClosingOnExit):
             self._time(f.expiring_before),
             self._maybe_key(after),
             check_limit(limit),
+            f.needs_user_action,
+            check_max_attempts(f.max_attempts),
         )
         rows = await self._fetch("list_connections", self._q[list_query(f)], args)
         return [self._row_to_connection(r) for r in rows]
+
+    async def connection_health(
+        self, connection_ids: Sequence[UUID]
+    ) -> dict[UUID, ConnectionHealth]:
+        """The refresh worker's record of each connection that exists, by id (one query)."""
+        if not connection_ids:
+            return {}
+        ids = self._list([self._key(i) for i in connection_ids])
+        ordered = sorted(connection_ids, key=lambda i: i.bytes)
+        low, high = self._key(ordered[0]), self._key(ordered[-1])
+        rows = await self._rows("connection_health", ids, low, high)
+        return {
+            (key := self._uuid(r[0])): ConnectionHealth(key, int(r[1]), self._maybe_at(r[2]), r[3])
+            for r in rows
+        }
 
     async def claim_due(
         self,

@@ -21,13 +21,16 @@ from linkvault.events import ConnectionEvent, StoredEvent
 from linkvault.stores.common import (
     LAPSED_KEPT,
     MAX_CIRCUIT_ERROR,
+    USER_ACTION_STATUSES,
     CircuitCount,
     Claim,
     ClosingOnExit,
     ConnectionFilter,
+    ConnectionHealth,
     PendingAuthorization,
     RefreshBacklog,
     check_limit,
+    check_max_attempts,
     check_minutes,
     check_owner,
     check_sequence,
@@ -202,7 +205,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         new_blob = connection.credentials.encrypted_data if connection.credentials else None
         schedule = self._schedules.setdefault(connection.id, _Schedule())
         if old_blob != new_blob:
-            schedule.failures, schedule.next_at = 0, None
+            schedule.failures, schedule.next_at, schedule.error = 0, None, None
             schedule.clear_attempt()
         self._rows[connection.id] = copy
         events = connection.pending_events()
@@ -252,7 +255,13 @@ class InMemoryConnectionRepository(ClosingOnExit):
     ) -> list[ProviderConnection]:
         """One page of connections in id order, after the cursor `after`."""
         f = where or ConnectionFilter()
-        size = check_limit(limit)
+        size, attempts = check_limit(limit), check_max_attempts(f.max_attempts)
+
+        def needs_user(c: ProviderConnection) -> bool:
+            failures = self._schedules.get(c.id, _Schedule()).failures
+            return c.status in USER_ACTION_STATUSES or (
+                c.status is ConnectionStatus.ACTIVE and failures >= attempts
+            )
 
         def pick(c: ProviderConnection) -> bool:
             expiry = c.credentials.expires_at if c.credentials else None
@@ -269,10 +278,23 @@ class InMemoryConnectionRepository(ClosingOnExit):
                     )
                 )
                 and (after is None or c.id.bytes > after.bytes)
+                and (f.needs_user_action is None or needs_user(c) == f.needs_user_action)
             )
 
         rows = await self._read(pick)
         return sorted(rows, key=lambda c: c.id.bytes)[:size]
+
+    async def connection_health(
+        self, connection_ids: Sequence[UUID]
+    ) -> dict[UUID, ConnectionHealth]:
+        """The refresh worker's record of each connection that exists, by id."""
+        wanted = set(connection_ids)
+        async with self._lock:
+            found = {}
+            for i in wanted & self._rows.keys():
+                s = self._schedules.get(i, _Schedule())
+                found[i] = ConnectionHealth(i, s.failures, s.next_at, s.error)
+            return found
 
     async def claim_due(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from linkvault.domain import ConnectionStatus
 from linkvault.events import StoredEvent
+from linkvault.services.connections import ConnectionService
+from linkvault.services.health import HealthStatus
 from linkvault.testing import FaultKind
 from tests.refreshing import POLICY, Bench
 
@@ -76,3 +78,9 @@ async def test_a_client_the_provider_rejects_needs_attention_once_not_every_retr
     attention = next(e for e in events if e.event.type.value == "connection.needs_attention")
     assert attention.event.data == {"outcome": "client_rejected"}
     assert "not-the-secret" not in repr(events)
+    # The connection shows it: its last error names the outcome, so its health says so.
+    report = await ConnectionService(bench.store).health(await bench.stored(conn.id))
+    assert report.health is HealthStatus.NEEDS_ATTENTION
+    assert report.last_refresh_error is not None
+    assert report.last_refresh_error.startswith("client_rejected: ")
+    assert (report.refresh_failures, report.needs_user_action) == (2, False)

@@ -33,6 +33,8 @@ from linkvault.api.schemas import (
     ConnectionPage,
     ConnectionRef,
     ConnectionView,
+    Event,
+    EventPage,
     ReconnectConnection,
     RefreshResult,
     RevealedCredentials,
@@ -47,6 +49,7 @@ from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import StaleConnectionError, UnknownProviderError
 from linkvault.providers import ProviderRegistry
 from linkvault.services.connect import AuthorizationStart
+from linkvault.stores.common import MAX_BIGINT as MAX_SEQUENCE
 from linkvault.stores.common import MAX_MINUTES
 
 audit = logging.getLogger("linkvault.api.audit")
@@ -74,6 +77,13 @@ async def list_connections(
         int | None,
         Query(ge=0, le=MAX_MINUTES, description="only active ones expiring within N minutes"),
     ] = None,
+    needs_user_action: Annotated[
+        bool | None,
+        Query(
+            description="true: only the connections only their user can fix (see the "
+            "Connection's needs_user_action); false: only the others"
+        ),
+    ] = None,
     cursor: Annotated[
         str | None, Query(pattern=CURSOR_PATTERN, description="a next_cursor from a page")
     ] = None,
@@ -84,11 +94,13 @@ async def list_connections(
         provider_id=_provider_id(runtime.registry, provider),
         status=status,
         expiring_within=expiring_within,
+        needs_user_action=needs_user_action,
         after=_after(cursor),
         limit=limit,
     )
     following = None if page.next_after is None else encode_cursor(page.next_after)
-    return ConnectionPage(items=[ConnectionView.of(c) for c in page.items], next_cursor=following)
+    items = [ConnectionView.of(c, page.health[c.id]) for c in page.items]
+    return ConnectionPage(items=items, next_cursor=following)
 
 
 def _provider_id(registry: ProviderRegistry, provider: str | None) -> UUID | None:
@@ -121,6 +133,32 @@ def _after(cursor: str | None) -> UUID | None:
 
 
 @router.get(
+    "/{connection_id}/events",
+    tags=["events"],
+    response_model=EventPage,
+    summary="Read a connection's events",
+    description=(
+        "Scope `read`. The connection's events in the order they happened (by `sequence`), "
+        "one page at a time: pass `next_cursor` as `after`. A deleted connection's events "
+        "are still here; 404 only when there is no such connection and it has no events."
+    ),
+    responses={**COMMON, 404: E404},
+)
+async def connection_events(
+    runtime: CurrentRuntime,
+    connection_id: ConnectionId,
+    _key: ReadKey,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQUENCE, description="only events after this sequence")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> EventPage:
+    page = await runtime.events.connection_events(connection_id, after=after, limit=limit)
+    following = None if page.next_after is None else str(page.next_after)
+    return EventPage(data=[Event.of(e) for e in page.events], next_cursor=following)
+
+
+@router.get(
     "/{connection_id}",
     tags=["connections"],
     response_model=ConnectionView,
@@ -133,7 +171,7 @@ async def get_connection(
 ) -> ConnectionView:
     conn = await runtime.connections.get(connection_id)
     response.headers.update(etag(conn))
-    return ConnectionView.of(conn)
+    return ConnectionView.of(conn, await runtime.connections.health(conn))
 
 
 @router.post(
@@ -167,7 +205,9 @@ async def start_connection(
     conn, url = _started(started)
     response.headers["Location"] = f"/v1/connections/{conn.id}"
     response.headers.update(etag(conn))
-    return StartedConnection(connection=shown(conn, key), authorize_url=url)
+    return StartedConnection(
+        connection=await shown(conn, key, runtime.connections), authorize_url=url
+    )
 
 
 def _started(
@@ -205,7 +245,9 @@ async def reconnect(
         api_secret=body.api_secret.get_secret_value() if body.api_secret else None,
     )
     conn, url = _started(started)
-    return StartedConnection(connection=shown(conn, key), authorize_url=url)
+    return StartedConnection(
+        connection=await shown(conn, key, runtime.connections), authorize_url=url
+    )
 
 
 @router.patch(
@@ -243,7 +285,7 @@ async def update_connection(
             raise
         raise precondition_failed(exc) from None
     response.headers.update(etag(conn))
-    return shown(conn, key)
+    return await shown(conn, key, runtime.connections)
 
 
 @router.post(
@@ -262,7 +304,10 @@ async def refresh(
     runtime: CurrentRuntime, connection_id: ConnectionId, key: WriteKey
 ) -> RefreshResult:
     refreshed = await runtime.connections.refresh_now(connection_id)
-    return RefreshResult(outcome=refreshed.outcome, connection=shown(refreshed.connection, key))
+    return RefreshResult(
+        outcome=refreshed.outcome,
+        connection=await shown(refreshed.connection, key, runtime.connections),
+    )
 
 
 @router.post(
@@ -278,7 +323,7 @@ async def disconnect(
 ) -> ConnectionView | ConnectionRef:
     conn = await runtime.connections.disconnect(connection_id)
     response.headers.update(etag(conn))
-    return shown(conn, key)
+    return await shown(conn, key, runtime.connections)
 
 
 @router.delete(
@@ -302,14 +347,18 @@ async def delete(runtime: CurrentRuntime, connection_id: ConnectionId, _key: Wri
     summary="Read a connection's decrypted credentials",
     description=(
         "Scope `credentials`. The only response that holds a secret; every read is logged "
-        "with the connection id and the API key's name. 409 when it holds none."
+        "with the connection id and the API key's name, and written to the event log as "
+        "`credentials.revealed` (naming the key, never a secret) before the answer. 409 when "
+        "it holds none."
     ),
     responses={**COMMON, 404: E404, 409: E409},
 )
 async def read_credentials(
     runtime: CurrentRuntime, connection_id: ConnectionId, response: Response, key: CredentialsKey
 ) -> RevealedCredentials:
-    conn, payload = await runtime.connections.reveal_credentials(connection_id)
+    conn, payload = await runtime.connections.reveal_credentials(
+        connection_id, revealed_to=key.name
+    )
     assert conn.credentials is not None
     _audit_read(conn, key.name)
     response.headers["Cache-Control"] = "no-store"

@@ -61,6 +61,7 @@ UPDATE provider_connections SET
     refresh_attempt_at = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_at END,
     refresh_attempt_fingerprint = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_fingerprint END,
     refresh_attempt_lost = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE refresh_attempt_lost END,
+    last_refresh_error = CASE WHEN encrypted_credentials IS NOT ?9 THEN NULL ELSE last_refresh_error END,
     version = version + 1,
     event_seq = event_seq + ?16
 WHERE id = ?1 AND version = ?15
@@ -89,6 +90,8 @@ WHERE user_id = ?1
   AND (?3 IS NULL OR status = ?3)
   AND (?5 IS NULL OR id > ?5)
   AND (?4 IS NULL OR (status = 'active' AND credentials_expire_at <= ?4))
+  AND (?7 IS NULL OR ?7 = (status IN ('expired', 'revoked', 'failed')
+                           OR (status = 'active' AND refresh_failures >= ?8)))
 ORDER BY id
 LIMIT ?6;
 
@@ -103,6 +106,8 @@ WHERE status = 'active'
   AND (?2 IS NULL OR provider_id = ?2)
   AND (?3 IS NULL OR status = ?3)
   AND (?5 IS NULL OR id > ?5)
+  AND (?7 IS NULL OR ?7 = (status IN ('expired', 'revoked', 'failed')
+                           OR (status = 'active' AND refresh_failures >= ?8)))
 ORDER BY id
 LIMIT ?6;
 
@@ -115,6 +120,8 @@ WHERE (?1 IS NULL OR user_id = ?1)
   AND (?3 IS NULL OR status = ?3)
   AND (?5 IS NULL OR id > ?5)
   AND (?4 IS NULL OR (status = 'active' AND credentials_expire_at <= ?4))
+  AND (?7 IS NULL OR ?7 = (status IN ('expired', 'revoked', 'failed')
+                           OR (status = 'active' AND refresh_failures >= ?8)))
 ORDER BY id
 LIMIT ?6;
 
@@ -280,6 +287,14 @@ UPDATE provider_circuits
 SET failures = 0, opened = 0, open_until = NULL
 WHERE provider_slug = ?1 AND (failures > 0 OR opened > 0)
 RETURNING provider_slug;
+
+-- name: connection_health
+-- The refresh worker's record of each of these connections (?1, a JSON array of hex ids);
+-- ?2 and ?3, the lowest and highest of them, keep the read to a range of the primary key.
+SELECT id, refresh_failures, next_refresh_at, last_refresh_error
+FROM provider_connections
+WHERE id BETWEEN ?2 AND ?3
+  AND hex(id) IN (SELECT value FROM json_each(?1));
 
 -- name: find_sealed_outside
 -- Rotation: connections whose credentials were not sealed under the key with this header.
