@@ -218,7 +218,14 @@ async def settle() -> None:
 
 
 def only_insert(statements: list[str]) -> bool:
-    return len(statements) == 1 and statements[0].lstrip().upper().startswith("INSERT")
+    """One statement inserting the connection: a new one is logged (connection.created) by
+    that same statement, the insert wrapped with its event's."""
+    if len(statements) != 1:
+        return False
+    sql = " ".join(statements[0].split()).upper()
+    return sql.startswith(
+        ("INSERT INTO PROVIDER_CONNECTIONS", "WITH SAVED AS (INSERT INTO PROVIDER_CONNECTIONS")
+    )
 
 
 def only_update(statements: list[str]) -> bool:

@@ -29,6 +29,22 @@ Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _Q = queries.load("postgres")
 
 
+async def _learn_array_types(conn: Conn) -> None:
+    """Have a new connection learn the array types the named queries pass, once, now.
+
+    asyncpg looks an array type up in the catalog (two more statements) the first time a
+    connection meets it; done here, no save, claim or logged change pays for it later.
+    """
+    await conn.fetchval(
+        "SELECT ARRAY[$1::uuid[]::text, $2::text[]::text, $3::timestamptz[]::text,"
+        " $4::bytea[]::text]",
+        [],
+        [],
+        [],
+        [],
+    )
+
+
 @cache
 def logged_query(name: str, arity: int) -> str:
     """The named change, and the insert of its events (arrays after its `arity` arguments)."""
@@ -170,6 +186,7 @@ class PostgresConnectionRepository(StoreEngine):
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 reset=_keep_session,
+                init=_learn_array_types,
                 # Short OLTP statements: JIT compilation only ever adds latency here.
                 server_settings={"jit": "off"},
             )
