@@ -124,10 +124,13 @@ async def test_a_rolled_back_change_is_never_fanned_out(
 ) -> None:
     e = await endpoint(store, clock)
 
-    with pytest.raises(RuntimeError):
+    async def fails() -> None:
         async with store.transaction() as tx:
             await tx.save(make(clock))
             raise RuntimeError("the unit of work fails")
+
+    with pytest.raises(RuntimeError):
+        await fails()
     await fan_out_all(store)
 
     assert await deliveries(store, e) == []
@@ -215,7 +218,8 @@ async def test_failed_attempts_are_recorded_retried_when_due_and_a_give_up_disab
         (None, "ConnectError : refused"),
     ]
     off = await store.webhook_endpoint(e.id)
-    assert off is not None and (off.enabled, off.disabled_reason) == (False, "gave up: refused")
+    assert off is not None
+    assert (off.enabled, off.disabled_reason) == (False, "gave up: refused")
     assert await store.claim_deliveries("w1", lease=LEASE, limit=10) == []  # disabled
 
     assert await store.replay_delivery(e.id, d.id)
