@@ -61,6 +61,10 @@ class NotFoundError(RepositoryError, LookupError):
         self.connection_id = connection_id
 
 
+class WebhookNotFoundError(RepositoryError, LookupError):
+    """No such webhook endpoint, or no such delivery of it."""
+
+
 class StaleConnectionError(RepositoryError):
     """A save was based on an outdated copy; the stored state was left as it was."""
 

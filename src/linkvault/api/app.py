@@ -85,6 +85,7 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
             return
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.worker.run(stop), name="linkvault-refresh-worker")
+        hooks = asyncio.create_task(runtime.dispatcher.run(stop), name="linkvault-webhooks")
         app.state.worker_running = True
         try:
             yield
@@ -94,6 +95,10 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
                 await asyncio.wait_for(task, timeout=runtime.settings.refresh_timeout_seconds + 10)
             except TimeoutError:
                 log.warning("the refresh worker did not stop in time; cancelled")
+            try:
+                await asyncio.wait_for(hooks, timeout=runtime.settings.webhook_timeout_seconds + 5)
+            except TimeoutError:
+                log.warning("the webhook dispatcher did not stop in time; cancelled")
             app.state.worker_running = False
 
     return lifespan

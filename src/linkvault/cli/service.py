@@ -52,7 +52,8 @@ def worker(
     horizon_minutes: Annotated[int | None, typer.Option(min=0, max=1440)] = None,
     idle_poll: Annotated[float | None, typer.Option(min=0.01, max=600)] = None,
 ) -> None:
-    """Run the refresh worker until SIGTERM/SIGINT (in-flight refreshes finish first)."""
+    """Run the refresh worker and the webhook dispatcher until SIGTERM/SIGINT (in-flight
+    refreshes and deliveries finish first)."""
     import dataclasses
     from datetime import timedelta as td
 
@@ -85,7 +86,11 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await w.run(stop, until_idle=until_idle)
+            # The webhook dispatcher works beside the refresh loop, until the same stop.
+            await asyncio.gather(
+                w.run(stop, until_idle=until_idle),
+                runtime.dispatcher.run(stop, until_idle=until_idle),
+            )
             m = w.metrics
             warn(
                 f"linkvault worker: refreshed {m.refreshed}, other outcomes "
