@@ -33,7 +33,7 @@ from linkvault.api.observability import (
 )
 from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PUBLIC_PATHS
 from linkvault.api.problems import PROBLEM_JSON, install_handlers
-from linkvault.api.routes import connections, events, oauth, operations, providers
+from linkvault.api.routes import connections, events, oauth, operations, providers, webhooks
 from linkvault.api.security import AuthMiddleware
 from linkvault.origins import ReturnOrigins
 from linkvault.outage import OutageLog
@@ -70,7 +70,7 @@ def create_app(
     app.router.routes.extend(connections.router.routes + oauth.router.routes)
     app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_ui_assets()), name="docs-assets")
     app.router.routes.extend(providers.router.routes + operations.router.routes)
-    app.router.routes.extend(events.router.routes)
+    app.router.routes.extend(events.router.routes + webhooks.router.routes)
     install_handlers(app)
     _add_middlewares(app, runtime, access, public_docs=public_docs)
     app.openapi = lambda: _openapi(app, runtime)  # type: ignore[method-assign]
