@@ -98,7 +98,7 @@ class Runtime:
         policy = DeliveryPolicy(
             timeout=s.webhook_timeout_seconds,
             connect_timeout=s.webhook_connect_timeout_seconds,
-            lease=timedelta(seconds=s.webhook_timeout_seconds + 30),
+            lease=timedelta(seconds=s.webhook_lease_seconds),
         )
         self.dispatcher = WebhookDispatcher(
             self.store, self.cipher, policy=policy, clock=self.clock, owner=self.worker.owner

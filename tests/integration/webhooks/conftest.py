@@ -6,6 +6,7 @@ import json
 import random
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,6 +52,7 @@ class Receiver:
         self.secret: str | None = None
         self.received: list[Received] = []
         self.answers: list[int] = []
+        self.delay = 0.0  # seconds each request is held before its answer
         self.lock = threading.Lock()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -89,6 +91,8 @@ class Receiver:
                             status,
                         )
                     )
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
