@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from datetime import timedelta
 from uuid import UUID, uuid4
@@ -53,7 +54,9 @@ async def test_every_event_reaches_the_receiver_signed_with_the_event_id(
     dispatcher: WebhookDispatcher,
     receiver: Receiver,
     clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     created = await service.register(receiver.url)
     receiver.secret = created.secret
     conn = await saved(store, make(clock))
@@ -66,9 +69,16 @@ async def test_every_event_reaches_the_receiver_signed_with_the_event_id(
         (str(e.id), e.payload()) for e in events
     ]
     assert all(r.verified for r in receiver.received)
-    [record, _] = await service.deliveries(created.endpoint.id)
-    assert record.delivery.status is DeliveryStatus.DELIVERED
-    assert [(a.status_code, a.error) for a in record.attempts] == [(204, None)]
+    records = await service.deliveries(created.endpoint.id)
+    assert [r.delivery.status for r in records] == [DeliveryStatus.DELIVERED] * 2
+    assert [(a.status_code, a.error) for a in records[0].attempts] == [(204, None)]
+    # The secret is in no log line, repr, event or delivery record.
+    secret, key = created.secret, created.secret.removeprefix("whsec_")
+    seen = caplog.text + repr(records) + repr(created) + repr(await store.read_events(limit=100))
+    seen += repr(await service.list_endpoints())
+    assert secret not in seen
+    assert key not in seen
+    assert "secret" not in repr(created)
 
 
 async def test_a_receiver_down_then_failing_then_back_gets_everything_in_order(
