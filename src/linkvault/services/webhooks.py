@@ -209,7 +209,13 @@ class WebhookDispatcher:
         """Claim one batch of due deliveries and attempt each once; how many were attempted."""
         p = self.policy
         claims = await self.store.claim_deliveries(self.owner, lease=p.lease, limit=p.batch_size)
-        await asyncio.gather(*(self._deliver(c) for c in claims))
+        results = await asyncio.gather(*(self._deliver(c) for c in claims), return_exceptions=True)
+        for claim, result in zip(claims, results, strict=True):
+            # The lease lapses and another attempt follows: log it and go on with the rest.
+            if isinstance(result, Exception):
+                log.warning("webhook delivery %s: %s", claim.delivery.id, result)
+            elif isinstance(result, BaseException):
+                raise result
         return len(claims)
 
     async def run_once(self) -> int:

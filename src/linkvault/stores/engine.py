@@ -550,6 +550,10 @@ class StoreEngine(ClosingOnExit):
         args = (self._key(endpoint_id), enabled, safe_error(reason), self._time(self._clock()))
         return await self._value("webhook_set_enabled", *args) is not None
 
+    async def reseal_webhook_secret(self, endpoint_id: UUID, old: bytes, new: bytes) -> bool:
+        """Replace an endpoint's sealed secret if it is still `old` (key rotation)."""
+        return await self._value("webhook_reseal", self._key(endpoint_id), old, new) is not None
+
     async def fan_out_events(self, *, limit: int = 100) -> int:
         """Turn up to `limit` new events of the log into deliveries; how many events passed.
 

@@ -557,6 +557,14 @@ class InMemoryConnectionRepository(ClosingOnExit):
         )
         return True
 
+    async def reseal_webhook_secret(self, endpoint_id: UUID, old: bytes, new: bytes) -> bool:
+        """Replace an endpoint's sealed secret if it is still `old` (key rotation)."""
+        e = self._webhooks.endpoints.get(endpoint_id)
+        if e is None or e.sealed_secret != old:
+            return False
+        self._webhooks.endpoints[endpoint_id] = dataclasses.replace(e, sealed_secret=new)
+        return True
+
     async def fan_out_events(self, *, limit: int = 100) -> int:
         """Turn up to `limit` new events of the log into deliveries; how many events passed."""
         limit = check_limit(limit)

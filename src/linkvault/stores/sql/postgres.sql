@@ -515,3 +515,7 @@ UPDATE webhook_deliveries
 SET status = 'pending', attempts = 0, next_attempt_at = $3, lease_owner = NULL, lease_until = NULL
 WHERE endpoint_id = $1 AND id = $2
 RETURNING id;
+
+-- name: webhook_reseal
+-- Key rotation: the secret sealed anew, only if it is still the blob that was read.
+UPDATE webhook_endpoints SET sealed_secret = $3 WHERE id = $1 AND sealed_secret = $2 RETURNING id;
