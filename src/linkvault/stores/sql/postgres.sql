@@ -463,6 +463,16 @@ WITH due AS (
             AND p.status = 'pending'
             AND p.seq < d.seq
       )
+      -- The feed is in (transaction, position) order: an earlier event of the connection
+      -- whose transaction started later may still lie ahead of the fan-out cursor.
+      AND NOT EXISTS (
+          SELECT 1 FROM connection_events AS ev, webhook_fanout AS f
+          WHERE ev.connection_id = d.connection_id
+            AND ev.seq < d.seq
+            AND f.id = 1
+            AND (ev.tx_id, ev.position)
+                > (split_part(f.cursor, '.', 1)::xid8, split_part(f.cursor, '.', 2)::bigint)
+      )
     ORDER BY d.next_attempt_at, d.seq
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
