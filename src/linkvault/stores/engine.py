@@ -597,7 +597,10 @@ class StoreEngine(ClosingOnExit):
             return []
         endpoints = {e.id: e for e in await self.webhook_endpoints()}
         claims = [self._delivery(r) for r in rows]
-        return [DeliveryClaim(d, endpoints[d.endpoint_id]) for d in claims]
+        # An endpoint removed since the claim took its deliveries with it.
+        return [
+            DeliveryClaim(d, endpoints[d.endpoint_id]) for d in claims if d.endpoint_id in endpoints
+        ]
 
     async def finish_delivery(
         self,
