@@ -306,6 +306,7 @@ class CreateWebhook(_Input):
 class WebhookView(BaseModel):
     """A webhook endpoint; its signing secret is shown once, when it is created."""
 
+    __qualname__ = "Webhook"
     model_config = ConfigDict(title="Webhook")
 
     id: UUID
@@ -344,6 +345,7 @@ class WebhookList(BaseModel):
 class DeliveryAttemptView(BaseModel):
     """One POST of a delivery: when, and the status code or the error."""
 
+    __qualname__ = "DeliveryAttempt"
     model_config = ConfigDict(title="DeliveryAttempt")
 
     attempted_at: datetime
@@ -354,6 +356,7 @@ class DeliveryAttemptView(BaseModel):
 class DeliveryView(BaseModel):
     """One event for one endpoint; every attempt carries the event id as webhook-id."""
 
+    __qualname__ = "Delivery"
     model_config = ConfigDict(title="Delivery")
 
     id: UUID

@@ -203,3 +203,8 @@ async def test_the_openapi_document_describes_the_webhook_routes(api: Api) -> No
     assert "post" in paths["/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"]
     created = paths["/v1/webhooks"]["post"]["responses"]["201"]
     assert "CreatedWebhook" in str(created)
+    get_one = paths["/v1/webhooks/{webhook_id}"]["get"]
+    assert "application/problem+json" in get_one["responses"]["404"]["content"]
+    assert get_one["security"] == [{"bearerAuth": []}]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    assert "secret" not in doc["components"]["schemas"]["Webhook"]["properties"]
