@@ -173,3 +173,13 @@ async def settled_log(store: ConnectionStore, after: str | None = None) -> list[
             return [e for e in events if e.event.user_id != MARKER_USER]
         assert time.monotonic() < deadline, "the event log did not catch up in 30 s"
         await asyncio.sleep(0.02)
+
+
+async def feed_shows(store: ConnectionStore, *connection_ids: UUID) -> None:
+    """Wait until the feed shows every event of these connections (see `settled_log`), without
+    writing a marker: webhook tests fan out whatever the feed holds."""
+    wanted = {e.id for c in connection_ids for e in await store.connection_events(c, limit=1000)}
+    deadline = time.monotonic() + 60
+    while not wanted <= {e.id for e in await read_all(store)}:
+        assert time.monotonic() < deadline, "the event log did not catch up in 60 s"
+        await asyncio.sleep(0.02)

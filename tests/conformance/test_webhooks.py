@@ -14,7 +14,7 @@ from linkvault.events import ConnectionEvent, EventType
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
 from linkvault.webhooks import Delivery, DeliveryStatus, WebhookEndpoint
-from tests.factories import make, saved
+from tests.factories import feed_shows, make, saved
 
 LEASE = timedelta(seconds=30)
 
@@ -44,18 +44,8 @@ async def deliveries(store: ConnectionStore, e: WebhookEndpoint) -> list[Deliver
     return sorted(await store.webhook_deliveries(e.id, limit=1000), key=lambda d: d.sequence)
 
 
-async def visible(store: ConnectionStore, *connections: UUID) -> None:
-    """Wait until the feed shows these connections' events: PostgreSQL's holds an event back
-    while any older transaction of the server runs (another test's, another database's)."""
-    wanted = {e.id for c in connections for e in await store.connection_events(c, limit=1000)}
-    for _ in range(1200):
-        if wanted <= {e.id for e in await store.read_events(limit=1000)}:
-            return
-        await asyncio.sleep(0.05)
-
-
 async def fan_out_all(store: ConnectionStore, *connections: UUID) -> int:
-    await visible(store, *connections)
+    await feed_shows(store, *connections)
     total = 0
     while moved := await store.fan_out_events(limit=7):
         total += moved
@@ -121,7 +111,7 @@ async def test_concurrent_fan_outs_neither_skip_nor_repeat_an_event(
 ) -> None:
     e = await endpoint(store, clock)
     conns = [(await saved(store, make(clock))).id for _ in range(30)]
-    await visible(store, *conns)
+    await feed_shows(store, *conns)
 
     moved = await asyncio.gather(*(store.fan_out_events(limit=4) for _ in range(12)))
     moved_after = await fan_out_all(store)

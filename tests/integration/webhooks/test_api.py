@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import create_app
 from linkvault.runtime import Runtime
+from tests.factories import feed_shows
 from tests.integration.api.client import (
     BASE,
     PROVIDERS_TOML,
@@ -78,12 +78,7 @@ async def create(api: Api, url: str, **body: Any) -> dict[str, Any]:
 async def drain(runtime: Runtime, connection_id: UUID) -> None:
     """Deliver what is due, once the feed shows the connection's events (PostgreSQL holds an
     event back while any older transaction of the server runs)."""
-    store = runtime.store
-    wanted = {e.id for e in await store.connection_events(connection_id)}
-    for _ in range(1200):
-        if wanted <= {e.id for e in await store.read_events(limit=1000)}:
-            break
-        await asyncio.sleep(0.05)
+    await feed_shows(runtime.store, connection_id)
     while await runtime.dispatcher.run_once():
         pass
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from datetime import timedelta
@@ -15,7 +14,7 @@ from linkvault.services.webhooks import WebhookDispatcher, WebhookService
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock, FaultKind
 from linkvault.webhooks import RETRY_DELAYS, DeliveryStatus
-from tests.factories import make, saved
+from tests.factories import feed_shows, make, saved
 from tests.integration.webhooks.conftest import Receiver
 from tests.refreshing import POLICY as REFRESH_POLICY
 from tests.refreshing import Bench
@@ -27,12 +26,7 @@ async def drain(dispatcher: WebhookDispatcher, *connections: UUID) -> None:
     PostgreSQL's feed holds an event back while any older transaction of the server is still
     running (another test's, another database's): wait until it shows these connections' events.
     """
-    store = dispatcher.store
-    wanted = {e.id for c in connections for e in await store.connection_events(c, limit=1000)}
-    for _ in range(1200):
-        if wanted <= {e.id for e in await store.read_events(limit=1000)}:
-            break
-        await asyncio.sleep(0.05)
+    await feed_shows(dispatcher.store, *connections)
     while await dispatcher.run_once():
         pass
 

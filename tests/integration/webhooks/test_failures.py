@@ -14,7 +14,7 @@ from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
 from linkvault.testing.fleet import BlackHole
 from linkvault.webhooks import DeliveryStatus
-from tests.factories import make, saved
+from tests.factories import feed_shows, make, saved
 from tests.integration.webhooks.conftest import Receiver
 
 
@@ -65,7 +65,8 @@ async def one_attempt(
     created = await service.register(url)
     if receiver is not None:
         receiver.secret = created.secret
-    await saved(store, make(FakeClock(created.endpoint.created_at)))
+    conn = await saved(store, make(FakeClock(created.endpoint.created_at)))
+    await feed_shows(store, conn.id)
     await dispatcher.fan_out()
     assert await dispatcher.deliver_due() == 1
     [record] = await service.deliveries(created.endpoint.id)

@@ -3,7 +3,6 @@ delivery still waits for an earlier event of its connection that the fan-out has
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from uuid import UUID, uuid4
 
@@ -12,7 +11,7 @@ from linkvault.events import ConnectionEvent, EventType
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
 from linkvault.webhooks import DeliveryStatus, WebhookEndpoint
-from tests.factories import make, saved
+from tests.factories import feed_shows, make, saved
 
 LEASE = timedelta(seconds=30)
 
@@ -42,11 +41,7 @@ async def test_a_later_sequence_fanned_out_first_waits_for_the_earlier_one(
         b = await saved(t1, make(clock))
         assert await store.append_events(a.id, [failed(clock, a.id)])
         assert await t1.append_events(a.id, [failed(clock, a.id)])
-    wanted = {ev.id for c in (a.id, b.id) for ev in await store.connection_events(c)}
-    for _ in range(1200):
-        if wanted <= {ev.id for ev in await store.read_events(limit=100)}:
-            break
-        await asyncio.sleep(0.05)
+    await feed_shows(store, a.id, b.id)
     feed = [(ev.event.connection_id, ev.sequence) for ev in await store.read_events(limit=100)]
     assert feed.index((a.id, 3)) < feed.index((a.id, 2))
 
