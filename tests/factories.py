@@ -15,7 +15,7 @@ from linkvault.domain import (
     ProviderCredentials,
 )
 from linkvault.errors import DatabaseError, LinkvaultError
-from linkvault.events import StoredEvent
+from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
 
@@ -183,3 +183,15 @@ async def feed_shows(store: ConnectionStore, *connection_ids: UUID) -> None:
     while not wanted <= {e.id for e in await read_all(store)}:
         assert time.monotonic() < deadline, "the event log did not catch up in 60 s"
         await asyncio.sleep(0.02)
+
+
+def refresh_failed(clock: FakeClock, connection_id: UUID) -> ConnectionEvent:
+    """A connection.refresh_failed to append (the store takes user and provider from the row)."""
+    return ConnectionEvent(
+        type=EventType.REFRESH_FAILED,
+        connection_id=connection_id,
+        user_id=uuid4(),
+        provider_slug="ignored",
+        occurred_at=clock.now,
+        reason="provider unavailable",
+    )

@@ -10,11 +10,10 @@ from uuid import UUID, uuid4
 import pytest
 
 from linkvault.domain import ConnectionStatus, uuid7
-from linkvault.events import ConnectionEvent, EventType
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
 from linkvault.webhooks import Delivery, DeliveryStatus, WebhookEndpoint
-from tests.factories import feed_shows, make, saved
+from tests.factories import feed_shows, make, refresh_failed, saved
 
 LEASE = timedelta(seconds=30)
 
@@ -27,17 +26,6 @@ async def endpoint(
     )
     await store.add_webhook_endpoint(e)
     return e
-
-
-def failed(clock: FakeClock, conn_id: UUID) -> ConnectionEvent:
-    return ConnectionEvent(
-        type=EventType.REFRESH_FAILED,
-        connection_id=conn_id,
-        user_id=uuid4(),
-        provider_slug="ignored",
-        occurred_at=clock.now,
-        reason="provider unavailable",
-    )
 
 
 async def deliveries(store: ConnectionStore, e: WebhookEndpoint) -> list[Delivery]:
@@ -144,7 +132,9 @@ async def test_only_the_head_of_each_connection_s_chain_is_claimed_and_leases_ex
     e = await endpoint(store, clock)
     a = await saved(store, make(clock))
     b = await saved(store, make(clock))
-    assert await store.append_events(a.id, [failed(clock, a.id), failed(clock, a.id)])
+    assert await store.append_events(
+        a.id, [refresh_failed(clock, a.id), refresh_failed(clock, a.id)]
+    )
     await fan_out_all(store, a.id, b.id)
 
     first = await store.claim_deliveries("w1", lease=LEASE, limit=10)
@@ -188,7 +178,7 @@ async def test_failed_attempts_are_recorded_retried_when_due_and_a_give_up_disab
 ) -> None:
     e = await endpoint(store, clock)
     conn = await saved(store, make(clock))
-    assert await store.append_events(conn.id, [failed(clock, conn.id)])
+    assert await store.append_events(conn.id, [refresh_failed(clock, conn.id)])
     await fan_out_all(store, conn.id)
     [claim] = await store.claim_deliveries("w1", lease=LEASE, limit=10)
     d = claim.delivery
@@ -240,7 +230,7 @@ async def test_a_given_up_head_lets_the_next_sequence_go(
 ) -> None:
     await endpoint(store, clock)
     conn = await saved(store, make(clock, status=ConnectionStatus.ACTIVE))
-    assert await store.append_events(conn.id, [failed(clock, conn.id)])
+    assert await store.append_events(conn.id, [refresh_failed(clock, conn.id)])
     await fan_out_all(store, conn.id)
     [head] = await store.claim_deliveries("w1", lease=LEASE, limit=10)
     await store.finish_delivery(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import timedelta
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 
-from linkvault.events import ConnectionEvent, EventType
 from linkvault.services.webhooks import WebhookDispatcher, WebhookService
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock, FaultKind
 from linkvault.webhooks import RETRY_DELAYS, DeliveryStatus
-from tests.factories import feed_shows, make, saved
+from tests.factories import feed_shows, make, refresh_failed, saved
 from tests.integration.webhooks.conftest import Receiver
 from tests.refreshing import POLICY as REFRESH_POLICY
 from tests.refreshing import Bench
@@ -29,17 +28,6 @@ async def drain(dispatcher: WebhookDispatcher, *connections: UUID) -> None:
     await feed_shows(dispatcher.store, *connections)
     while await dispatcher.run_once():
         pass
-
-
-def failed(clock: FakeClock, conn_id: UUID) -> ConnectionEvent:
-    return ConnectionEvent(
-        type=EventType.REFRESH_FAILED,
-        connection_id=conn_id,
-        user_id=uuid4(),
-        provider_slug="ignored",
-        occurred_at=clock.now,
-        reason="provider unavailable",
-    )
 
 
 async def test_every_event_reaches_the_receiver_signed_with_the_event_id(
@@ -87,8 +75,10 @@ async def test_a_receiver_down_then_failing_then_back_gets_everything_in_order(
     receiver.stop()  # the port is closed: connection refused
     a = await saved(store, make(clock))
     b = await saved(store, make(clock))
-    assert await store.append_events(a.id, [failed(clock, a.id), failed(clock, a.id)])
-    assert await store.append_events(b.id, [failed(clock, b.id)])
+    assert await store.append_events(
+        a.id, [refresh_failed(clock, a.id), refresh_failed(clock, a.id)]
+    )
+    assert await store.append_events(b.id, [refresh_failed(clock, b.id)])
 
     await drain(dispatcher, a.id, b.id)
     assert receiver.received == []
@@ -148,7 +138,7 @@ async def test_a_receiver_that_never_answers_2xx_is_given_up_and_its_endpoint_di
     assert "HTTP 500" in endpoint.disabled_reason
     # A disabled endpoint gets nothing of what happens meanwhile; a replay enables it again.
     sent = len(receiver.received)
-    assert await store.append_events(conn.id, [failed(clock, conn.id)])
+    assert await store.append_events(conn.id, [refresh_failed(clock, conn.id)])
     clock.advance(hours=2)
     await drain(dispatcher, conn.id)
     assert len(receiver.received) == sent
@@ -159,7 +149,7 @@ async def test_a_receiver_that_never_answers_2xx_is_given_up_and_its_endpoint_di
     await drain(dispatcher)
     assert [r.sequence for r in receiver.delivered()] == [1]
     assert (await service.get(created.endpoint.id)).enabled
-    assert await store.append_events(conn.id, [failed(clock, conn.id)])
+    assert await store.append_events(conn.id, [refresh_failed(clock, conn.id)])
     await drain(dispatcher, conn.id)
     assert [r.sequence for r in receiver.delivered()] == [1, 3]
 
@@ -227,7 +217,7 @@ async def test_n_plus_one_waits_for_n_even_when_n_plus_one_is_due_first(
     receiver.secret = created.secret
     receiver.answers = [500]
     conn = await saved(store, make(clock))
-    assert await store.append_events(conn.id, [failed(clock, conn.id)])
+    assert await store.append_events(conn.id, [refresh_failed(clock, conn.id)])
 
     await drain(dispatcher, conn.id)  # 1 fails and waits its retry; 2 must not overtake it
     assert [r.sequence for r in receiver.received] == [1]

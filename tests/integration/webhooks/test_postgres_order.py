@@ -4,26 +4,15 @@ delivery still waits for an earlier event of its connection that the fan-out has
 from __future__ import annotations
 
 from datetime import timedelta
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from linkvault.domain import uuid7
-from linkvault.events import ConnectionEvent, EventType
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
 from linkvault.webhooks import DeliveryStatus, WebhookEndpoint
-from tests.factories import feed_shows, make, saved
+from tests.factories import feed_shows, make, refresh_failed, saved
 
 LEASE = timedelta(seconds=30)
-
-
-def failed(clock: FakeClock, conn_id: UUID) -> ConnectionEvent:
-    return ConnectionEvent(
-        type=EventType.REFRESH_FAILED,
-        connection_id=conn_id,
-        user_id=uuid4(),
-        provider_slug="ignored",
-        occurred_at=clock.now,
-    )
 
 
 async def test_a_later_sequence_fanned_out_first_waits_for_the_earlier_one(
@@ -39,8 +28,8 @@ async def test_a_later_sequence_fanned_out_first_waits_for_the_earlier_one(
     # 2 of `a`, then T1 writes sequence 3 of `a` and commits: the feed lists T1's events first.
     async with store.transaction() as t1:
         b = await saved(t1, make(clock))
-        assert await store.append_events(a.id, [failed(clock, a.id)])
-        assert await t1.append_events(a.id, [failed(clock, a.id)])
+        assert await store.append_events(a.id, [refresh_failed(clock, a.id)])
+        assert await t1.append_events(a.id, [refresh_failed(clock, a.id)])
     await feed_shows(store, a.id, b.id)
     feed = [(ev.event.connection_id, ev.sequence) for ev in await store.read_events(limit=100)]
     assert feed.index((a.id, 3)) < feed.index((a.id, 2))

@@ -8,19 +8,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from uuid import uuid4
 
 import asyncpg
 import pytest
 
 from linkvault.crypto import AesGcmCipher, generate_key, parse_keys
 from linkvault.domain import utc_now
-from linkvault.events import ConnectionEvent, EventType
 from linkvault.services.webhooks import WebhookService
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
 from linkvault.testing.fleet import Fleet, worker_env
-from tests.factories import make
+from tests.factories import make, refresh_failed
 from tests.integration.webhooks.conftest import Receiver
 
 CONNECTIONS = 40
@@ -37,14 +35,7 @@ async def seed(url: str, keys: str, receiver: Receiver) -> set[str]:
         for _ in range(CONNECTIONS):
             conn = make(FakeClock(utc_now()))
             await store.save(conn)
-            failed = ConnectionEvent(
-                type=EventType.REFRESH_FAILED,
-                connection_id=conn.id,
-                user_id=uuid4(),
-                provider_slug="ignored",
-                occurred_at=conn.created_at,
-                reason="provider unavailable",
-            )
+            failed = refresh_failed(FakeClock(conn.created_at), conn.id)
             assert await store.append_events(conn.id, [failed, failed])
             ids |= {str(e.id) for e in await store.connection_events(conn.id)}
         return ids
