@@ -115,7 +115,8 @@ def serve(
         bool, typer.Option("--no-worker", help="Serve the API without the refresh worker.")
     ] = False,
 ) -> None:
-    """Serve the HTTP API and the refresh worker (SQLite ./linkvault.db unless configured)."""
+    """Serve the HTTP API, the refresh worker and the webhook dispatcher (SQLite ./linkvault.db
+    unless configured)."""
     from linkvault.access import access_from_settings
     from linkvault.api import serve as serve_api
     from linkvault.runtime import Runtime
@@ -139,7 +140,7 @@ def serve(
             warn(
                 f"linkvault: serving {redact_url(current.database_url)} — API {base}/v1, "
                 f"docs {base}/docs, health {base}/v1/health"
-                + ("" if no_worker else "; refresh worker running")
+                + ("" if no_worker else "; refresh worker and webhook dispatcher running")
             )
             await serve_api(
                 runtime,
