@@ -15,7 +15,7 @@ from linkvault.domain import (
     ProviderCredentials,
 )
 from linkvault.errors import DatabaseError, LinkvaultError
-from linkvault.events import StoredEvent
+from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
 
@@ -173,3 +173,25 @@ async def settled_log(store: ConnectionStore, after: str | None = None) -> list[
             return [e for e in events if e.event.user_id != MARKER_USER]
         assert time.monotonic() < deadline, "the event log did not catch up in 30 s"
         await asyncio.sleep(0.02)
+
+
+async def feed_shows(store: ConnectionStore, *connection_ids: UUID) -> None:
+    """Wait until the feed shows every event of these connections (see `settled_log`), without
+    writing a marker: webhook tests fan out whatever the feed holds."""
+    wanted = {e.id for c in connection_ids for e in await store.connection_events(c, limit=1000)}
+    deadline = time.monotonic() + 60
+    while not wanted <= {e.id for e in await read_all(store)}:
+        assert time.monotonic() < deadline, "the event log did not catch up in 60 s"
+        await asyncio.sleep(0.02)
+
+
+def refresh_failed(clock: FakeClock, connection_id: UUID) -> ConnectionEvent:
+    """A connection.refresh_failed to append (the store takes user and provider from the row)."""
+    return ConnectionEvent(
+        type=EventType.REFRESH_FAILED,
+        connection_id=connection_id,
+        user_id=uuid4(),
+        provider_slug="ignored",
+        occurred_at=clock.now,
+        reason="provider unavailable",
+    )

@@ -61,6 +61,10 @@ class NotFoundError(RepositoryError, LookupError):
         self.connection_id = connection_id
 
 
+class WebhookNotFoundError(RepositoryError, LookupError):
+    """No such webhook endpoint, or no such delivery of it."""
+
+
 class StaleConnectionError(RepositoryError):
     """A save was based on an outdated copy; the stored state was left as it was."""
 
@@ -237,7 +241,7 @@ class KeyInUseError(CryptoError):
 
     def __init__(self, key_id: str, rows: int, *, what: str = "connection") -> None:
         noun = f"{what} is" if rows == 1 else f"{what}s are"
-        if what == "connection":
+        if what in ("connection", "webhook signing secret"):
             advice = "run `linkvault keys rotate` first"
         else:
             advice = "they lapse within 10 minutes of their start: retire it after that"

@@ -23,6 +23,7 @@ from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
 from linkvault.services.events import EventService
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
+from linkvault.services.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookService
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
 
@@ -75,6 +76,8 @@ class Runtime:
     clock: Clock = field(default=utc_now)
     connections: ConnectionService = field(init=False)
     events: EventService = field(init=False)
+    webhooks: WebhookService = field(init=False)
+    dispatcher: WebhookDispatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.connections = ConnectionService(
@@ -85,6 +88,21 @@ class Runtime:
             worker=self.worker,
         )
         self.events = EventService(self.store)
+        s = self.settings
+        self.webhooks = WebhookService(
+            self.store,
+            self.cipher,
+            clock=self.clock,
+            allow_http_loopback=s.webhook_allow_http_loopback,
+        )
+        policy = DeliveryPolicy(
+            timeout=s.webhook_timeout_seconds,
+            connect_timeout=s.webhook_connect_timeout_seconds,
+            lease=timedelta(seconds=s.webhook_lease_seconds),
+        )
+        self.dispatcher = WebhookDispatcher(
+            self.store, self.cipher, policy=policy, clock=self.clock, owner=self.worker.owner
+        )
 
     @classmethod
     async def open(
@@ -143,6 +161,7 @@ class Runtime:
         return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
 
     async def close(self) -> None:
+        await self.dispatcher.aclose()
         await self.tokens.aclose()
         await self.store.close()
 

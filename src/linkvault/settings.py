@@ -66,6 +66,21 @@ class Settings(BaseSettings):
     refresh_connect_timeout_seconds: float = Field(
         default=3.0, gt=0, le=60, description="how long a token request waits to connect"
     )
+    webhook_allow_http_loopback: bool = Field(
+        default=False, description="accept http:// webhook URLs on loopback (development only)"
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="how long a webhook delivery waits for its answer"
+    )
+    webhook_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=30, description="how long a webhook delivery waits to connect"
+    )
+    webhook_lease_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="how long a worker holds a delivery (at least the timeout plus 5 s)",
+    )
 
     @field_validator("return_origins", mode="before")
     @classmethod

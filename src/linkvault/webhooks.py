@@ -15,8 +15,11 @@ import ipaddress
 import random
 import secrets
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from linkvault.errors import InvalidArgumentError
 
@@ -136,3 +139,74 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The response headers kept on a delivery record: a few, and never cookies."""
     keep = ("content-type", "retry-after", "content-length")
     return {k.lower(): v[:200] for k, v in headers.items() if k.lower() in keep}
+
+
+# What a delivery record keeps of an error (never a response body, never a header value).
+MAX_DELIVERY_ERROR = 300
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # not delivered yet: due now, or waiting for a retry or its turn
+    DELIVERED = "delivered"  # a 2xx answer
+    FAILED = "failed"  # given up after the last retry (the endpoint was disabled)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """Where events are delivered: a URL, the event types it wants (empty: all), its secret
+    sealed with the key ring (the endpoint id as associated data)."""
+
+    id: UUID
+    url: str
+    event_types: frozenset[str]
+    sealed_secret: bytes = field(repr=False)
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event for one endpoint: its fixed payload, its state and its last answer."""
+
+    id: UUID
+    endpoint_id: UUID
+    event_id: UUID  # the webhook-id of every attempt
+    event_type: str
+    connection_id: UUID
+    sequence: int
+    payload: str
+    status: DeliveryStatus
+    attempts: int  # failed attempts since fan-out or the last replay
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    """One POST of a delivery: when, and the status code or the error."""
+
+    id: UUID
+    delivery_id: UUID
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryClaim:
+    """A delivery leased to one worker, with the endpoint it goes to."""
+
+    delivery: Delivery
+    endpoint: WebhookEndpoint
+
+
+def safe_error(error: str | None) -> str | None:
+    """An attempt's error cut to size, printable only."""
+    if error is None:
+        return None
+    return "".join(ch if ch.isprintable() else " " for ch in error)[:MAX_DELIVERY_ERROR]

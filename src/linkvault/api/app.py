@@ -33,7 +33,7 @@ from linkvault.api.observability import (
 )
 from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PUBLIC_PATHS
 from linkvault.api.problems import PROBLEM_JSON, install_handlers
-from linkvault.api.routes import connections, events, oauth, operations, providers
+from linkvault.api.routes import connections, events, oauth, operations, providers, webhooks
 from linkvault.api.security import AuthMiddleware
 from linkvault.origins import ReturnOrigins
 from linkvault.outage import OutageLog
@@ -70,7 +70,7 @@ def create_app(
     app.router.routes.extend(connections.router.routes + oauth.router.routes)
     app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_ui_assets()), name="docs-assets")
     app.router.routes.extend(providers.router.routes + operations.router.routes)
-    app.router.routes.extend(events.router.routes)
+    app.router.routes.extend(events.router.routes + webhooks.router.routes)
     install_handlers(app)
     _add_middlewares(app, runtime, access, public_docs=public_docs)
     app.openapi = lambda: _openapi(app, runtime)  # type: ignore[method-assign]
@@ -85,6 +85,7 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
             return
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.worker.run(stop), name="linkvault-refresh-worker")
+        hooks = asyncio.create_task(runtime.dispatcher.run(stop), name="linkvault-webhooks")
         app.state.worker_running = True
         try:
             yield
@@ -94,6 +95,10 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
                 await asyncio.wait_for(task, timeout=runtime.settings.refresh_timeout_seconds + 10)
             except TimeoutError:
                 log.warning("the refresh worker did not stop in time; cancelled")
+            try:
+                await asyncio.wait_for(hooks, timeout=runtime.settings.webhook_timeout_seconds + 5)
+            except TimeoutError:
+                log.warning("the webhook dispatcher did not stop in time; cancelled")
             app.state.worker_running = False
 
     return lifespan

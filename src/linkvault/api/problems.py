@@ -30,6 +30,7 @@ from linkvault.errors import (
     NotFoundError,
     StaleConnectionError,
     UnknownProviderError,
+    WebhookNotFoundError,
 )
 from linkvault.outage import OutageLog
 
@@ -133,6 +134,8 @@ def _translate(exc: LinkvaultError) -> ApiProblem | None:
     """The problem a library error becomes; None for an error that is a bug (a 500)."""
     if isinstance(exc, NotFoundError):
         return _not_found(exc.connection_id)
+    if isinstance(exc, WebhookNotFoundError):
+        return ApiProblem(404, "not-found", "Not Found", str(exc))
     if isinstance(exc, StaleConnectionError):
         return conflict(
             "stale-connection",

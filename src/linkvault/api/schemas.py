@@ -7,7 +7,7 @@ model that holds a secret is RevealedCredentials.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from linkvault.providers import AuthStyle, Provider
 from linkvault.services.connections import ConnectionService
 from linkvault.services.health import HealthReport, HealthStatus
 from linkvault.services.refresh import Outcome
+from linkvault.webhooks import Delivery, DeliveryAttempt, DeliveryStatus, WebhookEndpoint
 
 MAX_PAGE_SIZE = 500
 _SLUG_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -288,6 +289,118 @@ class RefreshResult(BaseModel):
 
     outcome: Outcome
     connection: ConnectionView | ConnectionRef
+
+
+class CreateWebhook(_Input):
+    """A webhook endpoint to add: an https URL and the event types it wants (empty: all)."""
+
+    url: str = Field(
+        max_length=2000,
+        description="https URL (http only on loopback, when the deployment allows it)",
+    )
+    events: list[EventType] = Field(
+        default_factory=list, max_length=64, description="event types; empty or absent: all"
+    )
+
+
+class WebhookView(BaseModel):
+    """A webhook endpoint; its signing secret is shown once, when it is created."""
+
+    __qualname__ = "Webhook"
+    model_config = ConfigDict(title="Webhook")
+
+    id: UUID
+    url: str
+    events: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, e: WebhookEndpoint) -> WebhookView:
+        return cls(
+            id=e.id,
+            url=e.url,
+            events=sorted(e.event_types),
+            enabled=e.enabled,
+            disabled_reason=e.disabled_reason,
+            created_at=e.created_at,
+            updated_at=e.updated_at,
+        )
+
+
+class CreatedWebhook(WebhookView):
+    """A new webhook endpoint with its signing secret: the only response that shows it."""
+
+    model_config = ConfigDict(title="CreatedWebhook")
+
+    secret: str = Field(description="whsec_… secret to verify signatures with; shown only here")
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookView]
+
+
+class DeliveryAttemptView(BaseModel):
+    """One POST of a delivery: when, and the status code or the error."""
+
+    __qualname__ = "DeliveryAttempt"
+    model_config = ConfigDict(title="DeliveryAttempt")
+
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+
+
+class DeliveryView(BaseModel):
+    """One event for one endpoint; every attempt carries the event id as webhook-id."""
+
+    __qualname__ = "Delivery"
+    model_config = ConfigDict(title="Delivery")
+
+    id: UUID
+    event_id: UUID
+    event_type: str
+    connection_id: UUID
+    sequence: int
+    status: DeliveryStatus
+    failed_attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempts: list[DeliveryAttemptView]
+
+    @classmethod
+    def of(cls, d: Delivery, attempts: Sequence[DeliveryAttempt] = ()) -> DeliveryView:
+        return cls(
+            id=d.id,
+            event_id=d.event_id,
+            event_type=d.event_type,
+            connection_id=d.connection_id,
+            sequence=d.sequence,
+            status=d.status,
+            failed_attempts=d.attempts,
+            next_attempt_at=d.next_attempt_at,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            created_at=d.created_at,
+            delivered_at=d.delivered_at,
+            attempts=[
+                DeliveryAttemptView(
+                    attempted_at=a.attempted_at, status_code=a.status_code, error=a.error
+                )
+                for a in attempts
+            ],
+        )
+
+
+class DeliveryList(BaseModel):
+    """An endpoint's deliveries, newest first."""
+
+    items: list[DeliveryView]
 
 
 class OAuth2TokensPayload(BaseModel):

@@ -15,6 +15,7 @@ from linkvault.cli.connections import connections_app
 from linkvault.cli.events import events
 from linkvault.cli.keys import keys_app
 from linkvault.cli.providers import providers_app
+from linkvault.cli.webhooks import webhooks_app
 from linkvault.errors import LinkvaultError
 
 __all__ = ["app", "configure_logging", "entry", "main"]
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(connections_app, name="connections")
 app.add_typer(providers_app, name="providers")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _print_version(value: bool) -> None:

@@ -52,7 +52,8 @@ def worker(
     horizon_minutes: Annotated[int | None, typer.Option(min=0, max=1440)] = None,
     idle_poll: Annotated[float | None, typer.Option(min=0.01, max=600)] = None,
 ) -> None:
-    """Run the refresh worker until SIGTERM/SIGINT (in-flight refreshes finish first)."""
+    """Run the refresh worker and the webhook dispatcher until SIGTERM/SIGINT (in-flight
+    refreshes and deliveries finish first)."""
     import dataclasses
     from datetime import timedelta as td
 
@@ -85,7 +86,11 @@ def worker(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await w.run(stop, until_idle=until_idle)
+            # The webhook dispatcher works beside the refresh loop, until the same stop.
+            await asyncio.gather(
+                w.run(stop, until_idle=until_idle),
+                runtime.dispatcher.run(stop, until_idle=until_idle),
+            )
             m = w.metrics
             warn(
                 f"linkvault worker: refreshed {m.refreshed}, other outcomes "
@@ -110,7 +115,8 @@ def serve(
         bool, typer.Option("--no-worker", help="Serve the API without the refresh worker.")
     ] = False,
 ) -> None:
-    """Serve the HTTP API and the refresh worker (SQLite ./linkvault.db unless configured)."""
+    """Serve the HTTP API, the refresh worker and the webhook dispatcher (SQLite ./linkvault.db
+    unless configured)."""
     from linkvault.access import access_from_settings
     from linkvault.api import serve as serve_api
     from linkvault.runtime import Runtime
@@ -134,7 +140,7 @@ def serve(
             warn(
                 f"linkvault: serving {redact_url(current.database_url)} — API {base}/v1, "
                 f"docs {base}/docs, health {base}/v1/health"
-                + ("" if no_worker else "; refresh worker running")
+                + ("" if no_worker else "; refresh worker and webhook dispatcher running")
             )
             await serve_api(
                 runtime,

@@ -281,6 +281,7 @@ async def rotate(
         done += len(busy) - len(still_busy)
         if on_progress is not None:
             on_progress(done, max(total, done))
+    await _reseal_webhook_secrets(store, cipher)
     remaining = {
         key_id: count
         for key_id, count in (await key_usage(store, ring)).items()
@@ -309,6 +310,25 @@ async def rotate(
     return report
 
 
+async def _reseal_webhook_secrets(store: ConnectionStore, cipher: AesGcmCipher) -> None:
+    """Webhook signing secrets move to the active key too (a handful of rows: no batches)."""
+    for endpoint in await store.webhook_endpoints():
+        blob = endpoint.sealed_secret
+        if cipher.is_current(blob):
+            continue
+        try:
+            new = cipher.reseal(blob, connection_id=endpoint.id)
+        except DecryptionError as exc:
+            log.warning("webhook endpoint %s: its secret cannot be resealed: %s", endpoint.id, exc)
+            continue
+        await store.reseal_webhook_secret(endpoint.id, blob, new)
+
+
+async def webhook_secrets_sealed_with(store: ConnectionStore, prefix: bytes) -> int:
+    """How many webhook endpoints keep their secret under the key of `prefix`."""
+    return sum(e.sealed_secret.startswith(prefix) for e in await store.webhook_endpoints())
+
+
 async def retire(store: ConnectionStore, keyring: KeyRing, key_id: str) -> KeyRing:
     """The ring without `key_id`; refused for the active key and for a key still in use."""
     prefix = key_prefix(key_id)
@@ -328,4 +348,7 @@ async def retire(store: ConnectionStore, keyring: KeyRing, key_id: str) -> KeyRi
     pending = await store.count_states_sealed_with(prefix)
     if pending:
         raise KeyInUseError(key_id, pending, what="pending authorization")
+    secrets = await webhook_secrets_sealed_with(store, prefix)
+    if secrets:
+        raise KeyInUseError(key_id, secrets, what="webhook signing secret")
     return keyring.without(key_id)

@@ -23,6 +23,13 @@ from linkvault.stores.common import (
     PendingAuthorization,
     RefreshBacklog,
 )
+from linkvault.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryClaim,
+    DeliveryStatus,
+    WebhookEndpoint,
+)
 
 DEFAULT_URL = "sqlite:///./linkvault.db"
 
@@ -128,6 +135,49 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     async def lapsed_authorizations(self, *, limit: int = 100) -> list[UUID]: ...
 
     async def take_state(self, state_hash: bytes) -> PendingAuthorization | None: ...
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None: ...
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]: ...
+
+    async def webhook_endpoint(self, endpoint_id: UUID) -> WebhookEndpoint | None: ...
+
+    async def delete_webhook_endpoint(self, endpoint_id: UUID) -> bool: ...
+
+    async def set_webhook_endpoint_enabled(
+        self, endpoint_id: UUID, enabled: bool, reason: str | None = None
+    ) -> bool: ...
+
+    async def reseal_webhook_secret(self, endpoint_id: UUID, old: bytes, new: bytes) -> bool: ...
+
+    async def fan_out_events(self, *, limit: int = 100) -> int: ...
+
+    async def claim_deliveries(
+        self, owner: str, *, lease: timedelta, limit: int
+    ) -> list[DeliveryClaim]: ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: UUID,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        status_code: int | None,
+        error: str | None,
+        disable_reason: str | None = None,
+    ) -> bool: ...
+
+    async def webhook_deliveries(
+        self, endpoint_id: UUID, *, limit: int = 100
+    ) -> list[Delivery]: ...
+
+    async def webhook_delivery(self, delivery_id: UUID) -> Delivery | None: ...
+
+    async def delivery_attempts(self, delivery_ids: Sequence[UUID]) -> list[DeliveryAttempt]: ...
+
+    async def replay_delivery(self, endpoint_id: UUID, delivery_id: UUID) -> bool: ...
 
     async def migrate(self) -> list[int]: ...
 

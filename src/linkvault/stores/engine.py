@@ -8,7 +8,9 @@ no await to a call.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
@@ -40,6 +42,15 @@ from linkvault.stores.common import (
     stored_event,
 )
 from linkvault.stores.migrations import latest_version
+from linkvault.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryClaim,
+    DeliveryStatus,
+    WebhookEndpoint,
+    event_matches,
+    safe_error,
+)
 
 
 class Row(Protocol):
@@ -96,6 +107,10 @@ class StoreEngine(ClosingOnExit):
         raise NotImplementedError
 
     def _row_to_connection(self, row: Row) -> ProviderConnection:
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A unit of work yielding a store of the same dialect bound to it."""
         raise NotImplementedError
 
     def _key(self, value: UUID) -> Any:
@@ -505,6 +520,167 @@ class StoreEngine(ClosingOnExit):
         return stored_event(
             row[0], uuid(row[1]), uuid(row[2]), uuid(row[3]), row[4], row[5], row[6],
             row[7], row[8], row[9], row[10], at(row[11]), str(row[12]),
+        )  # fmt: skip
+
+    # --- webhooks ------------------------------------------------------------
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Keep a new endpoint (enabled); its secret arrives sealed."""
+        e, key, time = endpoint, self._key, self._time
+        types = self._list(sorted(e.event_types))
+        args = (key(e.id), e.url, types, e.sealed_secret, time(e.created_at))
+        await self._execute("add_webhook_endpoint", self._q["webhook_insert_endpoint"], args)
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """Every endpoint, oldest first."""
+        return [self._endpoint(r) for r in await self._rows("webhook_endpoints")]
+
+    async def webhook_endpoint(self, endpoint_id: UUID) -> WebhookEndpoint | None:
+        row = await self._row("webhook_endpoint", self._key(endpoint_id))
+        return None if row is None else self._endpoint(row)
+
+    async def delete_webhook_endpoint(self, endpoint_id: UUID) -> bool:
+        """Remove an endpoint and its deliveries; False when there was none."""
+        return await self._value("webhook_delete_endpoint", self._key(endpoint_id)) is not None
+
+    async def set_webhook_endpoint_enabled(
+        self, endpoint_id: UUID, enabled: bool, reason: str | None = None
+    ) -> bool:
+        """Enable an endpoint, or disable it saying why; False when there is none."""
+        args = (self._key(endpoint_id), enabled, safe_error(reason), self._time(self._clock()))
+        return await self._value("webhook_set_enabled", *args) is not None
+
+    async def reseal_webhook_secret(self, endpoint_id: UUID, old: bytes, new: bytes) -> bool:
+        """Replace an endpoint's sealed secret if it is still `old` (key rotation)."""
+        return await self._value("webhook_reseal", self._key(endpoint_id), old, new) is not None
+
+    async def fan_out_events(self, *, limit: int = 100) -> int:
+        """Turn up to `limit` new events of the log into deliveries; how many events passed.
+
+        The cursor row is locked, the deliveries inserted and the cursor moved in one
+        transaction: with many workers, crashes and restarts, no event is fanned out twice
+        or skipped. An endpoint gets the events that occurred since it was added.
+        """
+        async with self.transaction() as tx:
+            moved: int = await tx._fan_out(check_limit(limit))
+            return moved
+
+    async def _fan_out(self, limit: int) -> int:
+        cursor = await self._value("webhook_lock_cursor")
+        events = await self.read_events(cursor, limit=limit)
+        if not events:
+            return 0
+        endpoints = [e for e in await self.webhook_endpoints() if e.enabled]
+        key, now = self._key, self._time(self._clock())
+        insert = self._q["webhook_insert_delivery"]
+        statements: list[Statement] = []
+        for stored in events:
+            ev = stored.event
+            for ep in endpoints:
+                if ep.created_at <= ev.occurred_at and event_matches(ep.event_types, ev.type):
+                    body = json.dumps(stored.payload(), separators=(",", ":"))
+                    args = (key(uuid7()), key(ep.id), key(stored.id), ev.type.value,
+                            key(ev.connection_id), stored.sequence, body, now)  # fmt: skip
+                    statements.append((insert, args))
+        statements.append((self._q["webhook_move_cursor"], (events[-1].cursor,)))
+        await self._execute_all("fan_out_events", statements)
+        return len(events)
+
+    async def claim_deliveries(
+        self, owner: str, *, lease: timedelta, limit: int
+    ) -> list[DeliveryClaim]:
+        """Lease due deliveries of enabled endpoints, the head of each connection's chain."""
+        now = self._clock()
+        args = (self._time(now), check_limit(limit), check_owner(owner), self._time(now + lease))
+        rows = await self._rows("webhook_claim", *args)
+        if not rows:
+            return []
+        endpoints = {e.id: e for e in await self.webhook_endpoints()}
+        claims = [self._delivery(r) for r in rows]
+        # An endpoint removed since the claim took its deliveries with it.
+        return [
+            DeliveryClaim(d, endpoints[d.endpoint_id]) for d in claims if d.endpoint_id in endpoints
+        ]
+
+    async def finish_delivery(
+        self,
+        delivery_id: UUID,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        status_code: int | None,
+        error: str | None,
+        disable_reason: str | None = None,
+    ) -> bool:
+        """Record an attempt and its outcome while `owner` holds the lease; with
+        `disable_reason`, disable the endpoint too. False when the lease was lost."""
+        async with self.transaction() as tx:
+            done: bool = await tx._finish_delivery(
+                delivery_id, owner, status, attempts, next_attempt_at, status_code,
+                safe_error(error), disable_reason,
+            )  # fmt: skip
+            return done
+
+    async def _finish_delivery(
+        self,
+        delivery_id: UUID,
+        owner: str,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        status_code: int | None,
+        error: str | None,
+        disable_reason: str | None,
+    ) -> bool:
+        key, time, now = self._key, self._time, self._clock()
+        args = (key(delivery_id), owner, status.value, attempts, time(next_attempt_at),
+                status_code, error, time(now))  # fmt: skip
+        endpoint = await self._value("webhook_finish", *args)
+        if endpoint is None:
+            return False
+        attempt = (key(uuid7()), key(delivery_id), time(now), status_code, error)
+        await self._execute("finish_delivery", self._q["webhook_insert_attempt"], attempt)
+        if disable_reason is not None:
+            await self.set_webhook_endpoint_enabled(self._uuid(endpoint), False, disable_reason)
+        return True
+
+    async def webhook_deliveries(self, endpoint_id: UUID, *, limit: int = 100) -> list[Delivery]:
+        """An endpoint's deliveries, newest first."""
+        args = (self._key(endpoint_id), check_limit(limit))
+        return [self._delivery(r) for r in await self._rows("webhook_deliveries", *args)]
+
+    async def webhook_delivery(self, delivery_id: UUID) -> Delivery | None:
+        row = await self._row("webhook_delivery", self._key(delivery_id))
+        return None if row is None else self._delivery(row)
+
+    async def delivery_attempts(self, delivery_ids: Sequence[UUID]) -> list[DeliveryAttempt]:
+        """The attempts of these deliveries, oldest first."""
+        ids = self._list([self._key(i) for i in delivery_ids])
+        rows = await self._rows("webhook_attempts", ids)
+        uuid, at = self._uuid, self._at
+        return [DeliveryAttempt(uuid(r[0]), uuid(r[1]), at(r[2]), r[3], r[4]) for r in rows]
+
+    async def replay_delivery(self, endpoint_id: UUID, delivery_id: UUID) -> bool:
+        """Make a delivery due now, from the start of the retry schedule; False if absent."""
+        args = (self._key(endpoint_id), self._key(delivery_id), self._time(self._clock()))
+        return await self._value("webhook_replay", *args) is not None
+
+    def _endpoint(self, row: Row) -> WebhookEndpoint:
+        types = row[2]
+        names = json.loads(types) if isinstance(types, str) else types
+        return WebhookEndpoint(
+            self._uuid(row[0]), row[1], frozenset(names), bytes(row[3]), bool(row[4]), row[5],
+            self._at(row[6]), self._at(row[7]),
+        )  # fmt: skip
+
+    def _delivery(self, row: Row) -> Delivery:
+        uuid, at, maybe = self._uuid, self._at, self._maybe_at
+        return Delivery(
+            uuid(row[0]), uuid(row[1]), uuid(row[2]), row[3], uuid(row[4]), int(row[5]), row[6],
+            DeliveryStatus(row[7]), int(row[8]), maybe(row[9]), row[10], row[11], at(row[12]),
+            maybe(row[13]),
         )  # fmt: skip
 
     # --- schema --------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from linkvault.domain import (
     ProviderConnection,
     ProviderCredentials,
     utc_now,
+    uuid7,
 )
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.events import ConnectionEvent, StoredEvent
@@ -40,6 +42,15 @@ from linkvault.stores.common import (
     lost_attempt,
     parse_cursor,
     stored_event,
+)
+from linkvault.webhooks import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryClaim,
+    DeliveryStatus,
+    WebhookEndpoint,
+    event_matches,
+    safe_error,
 )
 
 
@@ -70,6 +81,15 @@ class _Schedule:
         return Claim(
             _copy(c), self.failures, lost_attempt(self.attempt_at, self.fingerprint, self.lost_how)
         )
+
+
+@dataclasses.dataclass(slots=True)
+class _Webhooks:
+    endpoints: dict[UUID, WebhookEndpoint] = dataclasses.field(default_factory=dict)
+    deliveries: dict[UUID, Delivery] = dataclasses.field(default_factory=dict)
+    leases: dict[UUID, tuple[str, datetime]] = dataclasses.field(default_factory=dict)
+    attempts: list[DeliveryAttempt] = dataclasses.field(default_factory=list)
+    cursor: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,6 +133,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         # The event log, and each connection's last event sequence (kept after a delete).
         self._log: list[StoredEvent] = []
         self._seqs: dict[UUID, int] = {}
+        self._webhooks = _Webhooks()
 
     async def close(self) -> None:
         return None
@@ -140,6 +161,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
             staged._schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             staged._states = dict(self._states)
             staged._circuits = self._circuits
+            staged._webhooks = self._webhooks
             staged._log, staged._seqs = list(self._log), dict(self._seqs)
             staged._in_transaction = True
             yield staged
@@ -495,6 +517,170 @@ class InMemoryConnectionRepository(ClosingOnExit):
         """The log after the cursor `after` (None: from the start), oldest first."""
         _, position = parse_cursor(after)
         return self._log[position : position + check_limit(limit)]
+
+    # --- webhooks ------------------------------------------------------------
+
+    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Keep a new endpoint (enabled); its secret arrives sealed."""
+        if endpoint.id in self._webhooks.endpoints:
+            raise ConstraintViolationError("add_webhook_endpoint: the endpoint id is taken")
+        self._webhooks.endpoints[endpoint.id] = dataclasses.replace(
+            endpoint, enabled=True, disabled_reason=None, updated_at=endpoint.created_at
+        )
+
+    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """Every endpoint, oldest first."""
+        return sorted(self._webhooks.endpoints.values(), key=lambda e: (e.created_at, e.id))
+
+    async def webhook_endpoint(self, endpoint_id: UUID) -> WebhookEndpoint | None:
+        return self._webhooks.endpoints.get(endpoint_id)
+
+    async def delete_webhook_endpoint(self, endpoint_id: UUID) -> bool:
+        """Remove an endpoint and its deliveries; False when there was none."""
+        w = self._webhooks
+        if w.endpoints.pop(endpoint_id, None) is None:
+            return False
+        gone = {d.id for d in w.deliveries.values() if d.endpoint_id == endpoint_id}
+        w.deliveries = {k: v for k, v in w.deliveries.items() if k not in gone}
+        w.attempts = [a for a in w.attempts if a.delivery_id not in gone]
+        return True
+
+    async def set_webhook_endpoint_enabled(
+        self, endpoint_id: UUID, enabled: bool, reason: str | None = None
+    ) -> bool:
+        """Enable an endpoint, or disable it saying why; False when there is none."""
+        e = self._webhooks.endpoints.get(endpoint_id)
+        if e is None:
+            return False
+        self._webhooks.endpoints[endpoint_id] = dataclasses.replace(
+            e, enabled=enabled, disabled_reason=safe_error(reason), updated_at=self._clock()
+        )
+        return True
+
+    async def reseal_webhook_secret(self, endpoint_id: UUID, old: bytes, new: bytes) -> bool:
+        """Replace an endpoint's sealed secret if it is still `old` (key rotation)."""
+        e = self._webhooks.endpoints.get(endpoint_id)
+        if e is None or e.sealed_secret != old:
+            return False
+        self._webhooks.endpoints[endpoint_id] = dataclasses.replace(e, sealed_secret=new)
+        return True
+
+    async def fan_out_events(self, *, limit: int = 100) -> int:
+        """Turn up to `limit` new events of the log into deliveries; how many events passed."""
+        limit = check_limit(limit)
+        if self._in_transaction:
+            return await self._fan_out(limit)
+        async with self._lock:
+            return await self._fan_out(limit)
+
+    async def _fan_out(self, limit: int) -> int:
+        w = self._webhooks
+        events = await self.read_events(w.cursor, limit=limit)
+        now = self._clock()
+        endpoints = [e for e in await self.webhook_endpoints() if e.enabled]
+        taken = {(d.endpoint_id, d.event_id) for d in w.deliveries.values()}
+        for stored in events:
+            ev = stored.event
+            for ep in endpoints:
+                if (ep.id, stored.id) in taken or ep.created_at > ev.occurred_at:
+                    continue
+                if event_matches(ep.event_types, ev.type):
+                    body = json.dumps(stored.payload(), separators=(",", ":"))
+                    d = Delivery(
+                        uuid7(), ep.id, stored.id, ev.type.value, ev.connection_id,
+                        stored.sequence, body, DeliveryStatus.PENDING, 0, now, None, None, now,
+                        None,
+                    )  # fmt: skip
+                    w.deliveries[d.id] = d
+        if events:
+            w.cursor = events[-1].cursor
+        return len(events)
+
+    async def claim_deliveries(
+        self, owner: str, *, lease: timedelta, limit: int
+    ) -> list[DeliveryClaim]:
+        """Lease due deliveries of enabled endpoints, the head of each connection's chain."""
+        owner, limit, now = check_owner(owner), check_limit(limit), self._clock()
+        w = self._webhooks
+        pending = [d for d in w.deliveries.values() if d.status is DeliveryStatus.PENDING]
+        heads: dict[tuple[UUID, UUID], Delivery] = {}
+        for d in pending:
+            chain = (d.endpoint_id, d.connection_id)
+            if chain not in heads or d.sequence < heads[chain].sequence:
+                heads[chain] = d
+        due = [
+            d
+            for d in heads.values()
+            if w.endpoints[d.endpoint_id].enabled
+            and d.next_attempt_at is not None
+            and d.next_attempt_at <= now
+            and (d.id not in w.leases or w.leases[d.id][1] <= now)
+        ]
+        due.sort(key=lambda d: (d.next_attempt_at or now, d.sequence))
+        claims = []
+        for d in due[:limit]:
+            w.leases[d.id] = (owner, now + lease)
+            claims.append(DeliveryClaim(d, w.endpoints[d.endpoint_id]))
+        return claims
+
+    async def finish_delivery(
+        self,
+        delivery_id: UUID,
+        owner: str,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        status_code: int | None,
+        error: str | None,
+        disable_reason: str | None = None,
+    ) -> bool:
+        """Record an attempt and its outcome while `owner` holds the lease."""
+        w, now = self._webhooks, self._clock()
+        d = w.deliveries.get(delivery_id)
+        if d is None or w.leases.get(delivery_id, ("", now))[0] != owner:
+            return False
+        del w.leases[delivery_id]
+        error = safe_error(error)
+        w.deliveries[delivery_id] = dataclasses.replace(
+            d,
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            last_status_code=status_code,
+            last_error=error,
+            delivered_at=now if status is DeliveryStatus.DELIVERED else d.delivered_at,
+        )
+        w.attempts.append(DeliveryAttempt(uuid7(), delivery_id, now, status_code, error))
+        if disable_reason is not None:
+            await self.set_webhook_endpoint_enabled(d.endpoint_id, False, disable_reason)
+        return True
+
+    async def webhook_deliveries(self, endpoint_id: UUID, *, limit: int = 100) -> list[Delivery]:
+        """An endpoint's deliveries, newest first."""
+        found = [d for d in self._webhooks.deliveries.values() if d.endpoint_id == endpoint_id]
+        return sorted(found, key=lambda d: d.id, reverse=True)[: check_limit(limit)]
+
+    async def webhook_delivery(self, delivery_id: UUID) -> Delivery | None:
+        return self._webhooks.deliveries.get(delivery_id)
+
+    async def delivery_attempts(self, delivery_ids: Sequence[UUID]) -> list[DeliveryAttempt]:
+        """The attempts of these deliveries, oldest first."""
+        wanted = set(delivery_ids)
+        found = [a for a in self._webhooks.attempts if a.delivery_id in wanted]
+        return sorted(found, key=lambda a: (a.attempted_at, a.id))
+
+    async def replay_delivery(self, endpoint_id: UUID, delivery_id: UUID) -> bool:
+        """Make a delivery due now, from the start of the retry schedule; False if absent."""
+        w = self._webhooks
+        d = w.deliveries.get(delivery_id)
+        if d is None or d.endpoint_id != endpoint_id:
+            return False
+        w.leases.pop(delivery_id, None)
+        w.deliveries[delivery_id] = dataclasses.replace(
+            d, status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=self._clock()
+        )
+        return True
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
         """Hand back leases never started, keeping their schedule."""

@@ -408,3 +408,124 @@ WHERE s.expires_at < $1
       SELECT 1 FROM oauth_states live
       WHERE live.connection_id = s.connection_id AND live.expires_at >= $1)
 LIMIT $2;
+
+-- name: webhook_insert_endpoint
+INSERT INTO webhook_endpoints (id, url, event_types, sealed_secret, enabled, disabled_reason, created_at, updated_at)
+VALUES ($1, $2, $3::text[], $4, true, NULL, $5, $5);
+
+-- name: webhook_endpoints
+SELECT id, url, event_types, sealed_secret, enabled, disabled_reason, created_at, updated_at
+FROM webhook_endpoints
+ORDER BY created_at, id;
+
+-- name: webhook_endpoint
+SELECT id, url, event_types, sealed_secret, enabled, disabled_reason, created_at, updated_at
+FROM webhook_endpoints
+WHERE id = $1;
+
+-- name: webhook_delete_endpoint
+DELETE FROM webhook_endpoints WHERE id = $1 RETURNING id;
+
+-- name: webhook_set_enabled
+UPDATE webhook_endpoints
+SET enabled = $2, disabled_reason = $3, updated_at = $4
+WHERE id = $1
+RETURNING id;
+
+-- name: webhook_lock_cursor
+-- The fan-out's place in the log, locked until the transaction that moves it ends: a second
+-- fan-out waits here, then reads the cursor the first one left.
+SELECT cursor FROM webhook_fanout WHERE id = 1 FOR UPDATE;
+
+-- name: webhook_move_cursor
+UPDATE webhook_fanout SET cursor = $1 WHERE id = 1;
+
+-- name: webhook_insert_delivery
+INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, connection_id, seq, payload, next_attempt_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+ON CONFLICT (endpoint_id, event_id) DO NOTHING;
+
+-- name: webhook_claim
+-- Lease due deliveries of enabled endpoints, only the head of each (endpoint, connection)
+-- chain: sequence n+1 waits until n is delivered or given up. SKIP LOCKED lets workers share.
+WITH due AS (
+    SELECT d.id
+    FROM webhook_deliveries AS d
+    JOIN webhook_endpoints AS e ON e.id = d.endpoint_id
+    WHERE d.status = 'pending'
+      AND e.enabled
+      AND d.next_attempt_at <= $1
+      AND (d.lease_until IS NULL OR d.lease_until <= $1)
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries AS p
+          WHERE p.endpoint_id = d.endpoint_id
+            AND p.connection_id = d.connection_id
+            AND p.status = 'pending'
+            AND p.seq < d.seq
+      )
+      -- The feed is in (transaction, position) order: an earlier event of the connection
+      -- whose transaction started later may still lie ahead of the fan-out cursor.
+      AND NOT EXISTS (
+          SELECT 1 FROM connection_events AS ev, webhook_fanout AS f
+          WHERE ev.connection_id = d.connection_id
+            AND ev.seq < d.seq
+            AND f.id = 1
+            AND (ev.tx_id, ev.position)
+                > (split_part(f.cursor, '.', 1)::xid8, split_part(f.cursor, '.', 2)::bigint)
+      )
+    ORDER BY d.next_attempt_at, d.seq
+    LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhook_deliveries AS w
+SET lease_owner = $3, lease_until = $4
+FROM due
+WHERE w.id = due.id
+RETURNING w.id, w.endpoint_id, w.event_id, w.event_type, w.connection_id, w.seq, w.payload, w.status, w.attempts, w.next_attempt_at, w.last_status_code, w.last_error, w.created_at, w.delivered_at;
+
+-- name: webhook_finish
+-- An attempt's outcome, only while this worker still holds the delivery's lease.
+UPDATE webhook_deliveries
+SET status = $3::text,
+    attempts = $4,
+    next_attempt_at = $5,
+    last_status_code = $6,
+    last_error = $7,
+    delivered_at = CASE WHEN $3::text = 'delivered' THEN $8::timestamptz ELSE delivered_at END,
+    lease_owner = NULL,
+    lease_until = NULL
+WHERE id = $1 AND lease_owner = $2
+RETURNING endpoint_id;
+
+-- name: webhook_insert_attempt
+INSERT INTO webhook_attempts (id, delivery_id, attempted_at, status_code, error)
+VALUES ($1, $2, $3, $4, $5);
+
+-- name: webhook_deliveries
+SELECT id, endpoint_id, event_id, event_type, connection_id, seq, payload, status, attempts, next_attempt_at, last_status_code, last_error, created_at, delivered_at
+FROM webhook_deliveries
+WHERE endpoint_id = $1
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: webhook_delivery
+SELECT id, endpoint_id, event_id, event_type, connection_id, seq, payload, status, attempts, next_attempt_at, last_status_code, last_error, created_at, delivered_at
+FROM webhook_deliveries
+WHERE id = $1;
+
+-- name: webhook_attempts
+SELECT id, delivery_id, attempted_at, status_code, error
+FROM webhook_attempts
+WHERE delivery_id = ANY ($1::uuid[])
+ORDER BY attempted_at, id;
+
+-- name: webhook_replay
+-- Send a delivery again from the start of the retry schedule.
+UPDATE webhook_deliveries
+SET status = 'pending', attempts = 0, next_attempt_at = $3, lease_owner = NULL, lease_until = NULL
+WHERE endpoint_id = $1 AND id = $2
+RETURNING id;
+
+-- name: webhook_reseal
+-- Key rotation: the secret sealed anew, only if it is still the blob that was read.
+UPDATE webhook_endpoints SET sealed_secret = $3 WHERE id = $1 AND sealed_secret = $2 RETURNING id;
