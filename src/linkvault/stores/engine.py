@@ -462,6 +462,7 @@ class StoreEngine(ClosingOnExit):
             p.return_to,
             self._time(p.created_at),
             self._time(p.expires_at),
+            p.renews,
         )
         purge = (self._q["purge_states"], (self._time(p.created_at - LAPSED_KEPT),))
         await self._execute_all("put_state", (purge, (self._q["put_state"], args)))
@@ -480,7 +481,7 @@ class StoreEngine(ClosingOnExit):
             return None
         connection_id, created, expires = self._uuid(row[0]), self._at(row[4]), self._at(row[5])
         return PendingAuthorization(
-            state_hash, connection_id, row[1], row[2], row[3], created, expires
+            state_hash, connection_id, row[1], row[2], row[3], created, expires, bool(row[6])
         )
 
     # --- the event log -------------------------------------------------------

@@ -323,14 +323,14 @@ RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason,
 
 -- name: put_state
 INSERT INTO oauth_states
-    (state_hash, connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7);
+    (state_hash, connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at, renews)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8);
 
 -- name: take_state
 -- Single use: the row is gone once read, whether or not it had expired.
 DELETE FROM oauth_states
 WHERE state_hash = ?1
-RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at;
+RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at, renews;
 
 -- name: purge_states
 DELETE FROM oauth_states WHERE expires_at < ?1;
