@@ -7,6 +7,7 @@ from datetime import timedelta
 from linkvault.domain import ConnectionStatus
 from linkvault.events import ConnectionEvent, EventType
 from linkvault.providers import load_registry
+from linkvault.services.connections import ConnectionService
 from linkvault.services.consent import ConsentWatch
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
@@ -107,3 +108,19 @@ async def test_the_chore_looks_at_most_once_per_interval(
     assert await watcher.chore() == 0  # the second is due, but the last look was 6 minutes ago
     clock.advance(minutes=4)
     assert await watcher.chore() == 1
+
+
+async def test_the_connection_shows_when_its_consent_ends(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    schwab = await saved(store, make(clock, status=ConnectionStatus.ACTIVE))
+    other = await saved(store, make(clock, status=ConnectionStatus.ACTIVE, provider_id=PLAID))
+    expired = await saved(store, make(clock, status=ConnectionStatus.EXPIRED))
+    service = ConnectionService(store, registry=load_registry(), clock=clock)
+
+    health = await service.health_of([schwab, other, expired])
+
+    assert health[schwab.id].consent_expires_at == clock.now + WEEK
+    assert health[other.id].consent_expires_at is None  # no such rule at that provider
+    assert health[expired.id].consent_expires_at is None  # no consent in force
+    assert (await ConnectionService(store).health(schwab)).consent_expires_at is None
