@@ -316,6 +316,24 @@ class ProviderConnection:
         self.updated_at = at
         self.record_event(EventType.ACTIVATED, now=at, from_status=before)
 
+    def renew(self, credentials: ProviderCredentials, now: datetime | None = None) -> None:
+        """The user consented again while still ACTIVE: a new grant, a new consent.
+
+        Stays ACTIVE (no status change, so no transition); connected_at restarts, which
+        restarts a consent the provider ends by rule. Logged as connection.activated.
+        """
+        if self.status is not ConnectionStatus.ACTIVE:
+            raise InvalidTransitionError(self.status.value, None, "renew")
+        if not isinstance(credentials, ProviderCredentials):
+            raise InvalidConnectionError("renew needs ProviderCredentials")
+        at = _stamp(now)
+        self.credentials = credentials
+        self.connected_at = at
+        self.updated_at = at
+        self.record_event(
+            EventType.ACTIVATED, reason="consent renewed", now=at, from_status=self.status
+        )
+
     def mark_failed(self, reason: str, now: datetime | None = None) -> None:
         """A pending connection could not be established."""
         self._move(ConnectionStatus.FAILED, "mark failed", reason, now)

@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -94,6 +94,9 @@ class Provider:
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     access_token_lifetime: timedelta | None = None
     refresh_token_lifetime: timedelta | None = None
+    # Consent that ends by rule: the grant dies this long after the user consented, whatever
+    # is refreshed meanwhile (Schwab: 7 days). None: consent lasts until revoked.
+    consent_lifetime: timedelta | None = None
     client: ClientCredentials | None = None
 
     def __post_init__(self) -> None:
@@ -140,6 +143,15 @@ class Provider:
             raise ProviderConfigError(f"{where}: refresh_token_reuse_grace must be 0 or more")
         if self.refreshes and self.token_endpoint is None:
             raise ProviderConfigError(f"{where}: a provider that refreshes needs token_endpoint")
+        consent = self.consent_lifetime
+        if consent is not None and (not isinstance(consent, timedelta) or consent <= timedelta(0)):
+            raise ProviderConfigError(f"{where}: consent_lifetime must be more than 0 seconds")
+
+    def consent_expires_at(self, connected_at: datetime | None) -> datetime | None:
+        """When consent given at `connected_at` ends by the provider's rule (None: never)."""
+        if self.consent_lifetime is None or connected_at is None:
+            return None
+        return connected_at + self.consent_lifetime
 
     def _resolve(self, endpoint: str) -> str:
         if urlsplit(endpoint).scheme:
@@ -343,6 +355,7 @@ _OPTIONAL = (
     "extra_authorize_params",
     "access_token_lifetime",
     "refresh_token_lifetime",
+    "consent_lifetime",
 )
 
 
@@ -410,6 +423,7 @@ def _build(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Provide
         extra_authorize_params=_string_table(entry, "extra_authorize_params", where),
         access_token_lifetime=_seconds(entry, "access_token_lifetime", where),
         refresh_token_lifetime=_seconds(entry, "refresh_token_lifetime", where),
+        consent_lifetime=_seconds(entry, "consent_lifetime", where),
         client=client_from_env(slug, env),
     )
 

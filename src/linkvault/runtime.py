@@ -21,6 +21,7 @@ from linkvault.providers import (
 )
 from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
+from linkvault.services.consent import ConsentWatch
 from linkvault.services.events import EventService
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.services.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookService
@@ -149,6 +150,12 @@ class Runtime:
             clock=clock,
             return_origins=ReturnOrigins(settings.return_origins),
         )
+        consent = ConsentWatch(
+            store,
+            registry,
+            lead=timedelta(hours=settings.consent_warning_hours),
+            clock=clock,
+        )
         worker = RefreshWorker(
             store,
             registry,
@@ -156,7 +163,7 @@ class Runtime:
             cipher,
             policy=policy,
             clock=clock,
-            chores=[connect.fail_lapsed],
+            chores=[connect.fail_lapsed, consent.chore],
         )
         return cls(settings, store, keyring, cipher, registry, tokens, connect, worker, clock)
 

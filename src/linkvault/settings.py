@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         le=3600,
         description="how long a worker holds a delivery (at least the timeout plus 5 s)",
     )
+    consent_warning_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=24 * 30,
+        description="how long before a provider ends a consent by rule to warn (consent_expiring)",
+    )
 
     @field_validator("return_origins", mode="before")
     @classmethod

@@ -15,7 +15,13 @@ import httpx
 
 from linkvault import open_store
 from linkvault.crypto import generate_key
-from linkvault.domain import ConnectionStatus, ProviderConnection
+from linkvault.domain import (
+    ConnectionStatus,
+    CredentialType,
+    ProviderConnection,
+    ProviderCredentials,
+)
+from linkvault.events import EventType
 from linkvault.stores.common import PendingAuthorization
 from tests.conftest import PostgresServer
 from tests.support import free_port
@@ -153,12 +159,22 @@ def test_make_serve_path_serves_health_on_the_embedded_default(tmp_path: Path) -
     assert (tmp_path / "linkvault.keys").stat().st_mode & 0o077 == 0
 
 
-async def test_the_worker_fails_a_connection_whose_authorization_lapsed(tmp_path: Path) -> None:
+async def test_the_worker_runs_its_chores_lapsed_authorizations_and_ending_consent(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path}/lapsed.db"
     now = datetime.now(UTC)
     async with await open_store(url, migrate=True) as store:
         conn = ProviderConnection(user_id=uuid4(), provider_id=uuid4(), provider_slug="sandbox")
         await store.save(conn)
+        # Schwab ends every consent after 7 days: this one ends in 23 hours.
+        consented = now - timedelta(days=6, hours=1)
+        schwab = ProviderConnection(
+            user_id=uuid4(), provider_id=uuid4(), provider_slug="schwab", created_at=consented
+        )
+        sealed = ProviderCredentials(b"sealed", CredentialType.OAUTH2, now + timedelta(days=300))
+        schwab.mark_connected(sealed, now=consented)
+        await store.save(schwab)
         await store.put_state(
             PendingAuthorization(
                 os.urandom(32), conn.id, os.urandom(60), "http://127.0.0.1/cb", None,
@@ -177,3 +193,5 @@ async def test_the_worker_fails_a_connection_whose_authorization_lapsed(tmp_path
         assert stored is not None
         assert stored.status is ConnectionStatus.FAILED
         assert stored.status_reason == "authorization was not completed"
+        last = (await store.connection_events(schwab.id))[-1]
+        assert last.event.type is EventType.CONSENT_EXPIRING

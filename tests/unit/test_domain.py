@@ -43,6 +43,7 @@ VERBS: dict[str, tuple[Verb, ConnectionStatus | None]] = {
     "revoke": (lambda c, now: c.mark_revoked("revoked at the provider", now), S.REVOKED),
     "disconnect": (lambda c, now: c.mark_disconnected(now), S.DISCONNECTED),
     "update": (lambda c, now: c.update_credentials(creds(now + timedelta(hours=2)), now), None),
+    "renew": (lambda c, now: c.renew(creds(now + timedelta(hours=3)), now), None),
     "sync": (lambda c, now: c.record_sync(now), None),
 }
 
@@ -304,3 +305,22 @@ def test_restore_builds_what_the_validating_constructor_builds() -> None:
     assert restored.credentials.credential_type is CredentialType.OAUTH2
     restored.mark_expired("invalid_grant", now=T0)
     assert restored.needs_reauthentication()
+
+
+def test_renewing_consent_keeps_the_connection_active_and_restarts_its_consent() -> None:
+    conn = pending()
+    conn.mark_connected(creds(T0 + timedelta(hours=1)), T0)
+    conn.events_saved()
+    later = T0 + timedelta(days=6)
+    fresh = creds(later + timedelta(hours=1))
+
+    conn.renew(fresh, later)
+
+    assert (conn.status, conn.credentials, conn.connected_at) == (S.ACTIVE, fresh, later)
+    [event] = conn.pending_events()
+    assert (event.type.value, event.from_status, event.to_status, event.reason) == (
+        "connection.activated",
+        "active",
+        "active",
+        "consent renewed",
+    )

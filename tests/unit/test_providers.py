@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -73,6 +73,7 @@ def test_builtin_registry_holds_schwab_with_its_public_endpoints() -> None:
     assert schwab.refreshes
     assert schwab.access_token_lifetime == timedelta(minutes=30)
     assert schwab.refresh_token_lifetime == timedelta(days=7)
+    assert schwab.consent_lifetime == timedelta(days=7)
 
 
 def test_builtin_sandbox_resolves_relative_endpoints_against_its_base_url() -> None:
@@ -295,6 +296,22 @@ def test_a_wrongly_typed_field_is_refused() -> None:
     assert "access_token_lifetime must be a positive number" in config_error(
         entry(access_token_lifetime=0)
     )
+
+
+@pytest.mark.parametrize("value", [0, -5, True, "604800"])
+def test_a_consent_lifetime_is_a_positive_number_of_seconds(value: object) -> None:
+    assert "consent_lifetime must be a positive number of seconds" in config_error(
+        entry(consent_lifetime=value)
+    )
+
+
+def test_a_consent_lifetime_dates_the_end_of_each_consent() -> None:
+    [acme] = parse_providers(entry(consent_lifetime=3600), source="custom.toml")
+    connected = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    assert acme.consent_expires_at(connected) == connected + timedelta(hours=1)
+    assert acme.consent_expires_at(None) is None
+    assert load_registry().get("sandbox").consent_expires_at(connected) is None
 
 
 def test_a_registry_refuses_two_providers_with_one_id() -> None:

@@ -141,6 +141,14 @@ class ConnectionView(BaseModel):
         description="when the worker tries again after a failure (or next refreshes); "
         "null = when the credentials come due"
     )
+    consent_expires_at: datetime | None = Field(
+        default=None,
+        description=(
+            "when the provider ends the current consent by rule, whatever is refreshed "
+            "(Schwab: 7 days after the user consented); a connection.consent_expiring event "
+            "comes ahead of it, and reconnecting renews it; null = no such rule"
+        ),
+    )
     last_refresh_error: str | None = Field(
         description=(
             "the last failed refresh, as `outcome: reason` (e.g. `decrypt_failed: ...`, "
@@ -173,6 +181,7 @@ class ConnectionView(BaseModel):
             refresh_failures=h.refresh_failures,
             next_refresh_at=h.next_refresh_at,
             last_refresh_error=h.last_refresh_error,
+            consent_expires_at=h.consent_expires_at,
         )
 
 

@@ -47,10 +47,13 @@ async def with_connections(
 ) -> T:
     """Run `work` on the connection service of a database that exists and is migrated."""
 
-    attempts = settings().refresh_max_attempts
+    configured = settings()
+    attempts = configured.refresh_max_attempts
+    # The providers say when a consent ends by rule (shown as consent_expires_at).
+    providers = registry(configured)
 
     async def on_store(store: ConnectionStore) -> T:
-        return await work(ConnectionService(store, max_attempts=attempts))
+        return await work(ConnectionService(store, registry=providers, max_attempts=attempts))
 
     return await with_existing_store(database_url, on_store)
 
@@ -79,6 +82,7 @@ def connection_json(c: ProviderConnection, h: HealthReport) -> dict[str, Any]:
         "refresh_failures": h.refresh_failures,
         "next_refresh_at": h.next_refresh_at.isoformat() if h.next_refresh_at else None,
         "last_refresh_error": h.last_refresh_error,
+        "consent_expires_at": h.consent_expires_at.isoformat() if h.consent_expires_at else None,
     }
 
 

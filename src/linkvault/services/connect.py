@@ -20,6 +20,7 @@ from linkvault.domain import (
     Clock,
     ConnectionStatus,
     ProviderConnection,
+    ProviderCredentials,
     can_transition,
     utc_now,
 )
@@ -206,12 +207,15 @@ class ConnectService:
         scopes: Sequence[str] | None = None,
         return_to: str | None = None,
     ) -> AuthorizationStart:
-        """Send the user through consent again for an expired, revoked or failed connection."""
+        """Send the user through consent again: for an expired, revoked or failed connection,
+        or to renew the consent of an ACTIVE one before its provider ends it (it stays ACTIVE
+        on its current grant until the new one arrives)."""
         conn = await self._load(connection_id)
-        if conn.status not in _REAUTHORIZABLE:
+        renews = conn.status is ConnectionStatus.ACTIVE
+        if conn.status not in _REAUTHORIZABLE and not renews:
             raise InvalidTransitionError(conn.status.value, None, "reconnect")
         provider = self._oauth_provider(conn.provider_slug)
-        return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
+        return await self._authorize(conn, provider, redirect_uri, scopes, return_to, renews=renews)
 
     async def complete_oauth(
         self,
@@ -230,7 +234,7 @@ class ConnectService:
         if conn is None:
             raise InvalidStateError("the connection of this authorization no longer exists")
         now = self.clock()
-        if not can_transition(conn.status, ConnectionStatus.ACTIVE):
+        if not _takes_grant(conn, pending):
             # Checked before the exchange: no tokens are issued for a connection that cannot
             # take them (disconnected meanwhile, or already completed through another state).
             return CallbackResult(conn, self._return_to(pending), _NOT_CONNECTABLE[conn.status])
@@ -267,8 +271,8 @@ class ConnectService:
         result = await save_with_retry(
             self.store,
             conn,
-            lambda c: c.mark_connected(sealed, now=now),
-            still_applies=lambda fresh: can_transition(fresh.status, ConnectionStatus.ACTIVE),
+            lambda c: _connect(c, sealed, now),
+            still_applies=lambda fresh: _takes_grant(fresh, pending),
             attempts=2,
         )
         if not result.saved:
@@ -383,11 +387,14 @@ class ConnectService:
         """Reconnect by the provider's style: consent again for OAuth2, a new API key at once."""
         conn = await self._load(connection_id)
         provider = provider_of(self.registry, conn)
-        if conn.status not in _REAUTHORIZABLE:
+        renews = conn.status is ConnectionStatus.ACTIVE and provider.auth_style is AuthStyle.OAUTH2
+        if conn.status not in _REAUTHORIZABLE and not renews:
             raise InvalidTransitionError(conn.status.value, None, "reconnect")
         if provider.auth_style is AuthStyle.OAUTH2:
             _refuse_key(provider, api_key, api_secret)
-            return await self._authorize(conn, provider, redirect_uri, scopes, return_to)
+            return await self._authorize(
+                conn, provider, redirect_uri, scopes, return_to, renews=renews
+            )
         _refuse_oauth_fields(provider, scopes=scopes, return_to=return_to)
         if provider.auth_style is not AuthStyle.API_KEY:
             raise NotAcceptedError(
@@ -428,6 +435,8 @@ class ConnectService:
         redirect_uri: str,
         scopes: Sequence[str] | None,
         return_to: str | None,
+        *,
+        renews: bool = False,
     ) -> AuthorizationStart:
         if self.return_origins is not None:
             self.return_origins.check(return_to)
@@ -448,6 +457,7 @@ class ConnectService:
             return_to=return_to,
             created_at=now,
             expires_at=now + self.state_ttl,
+            renews=renews,
         )
         async with self.store.transaction() as repo:
             if conn.version == 0:
@@ -489,6 +499,20 @@ class ConnectService:
             conn.mark_failed(reason, now=self.clock())
             await self.store.save(conn)
         return CallbackResult(conn, self._return_to(pending), reason)
+
+
+def _takes_grant(conn: ProviderConnection, pending: PendingAuthorization) -> bool:
+    """Whether this authorization's grant may go to the connection as it is now."""
+    if conn.status is ConnectionStatus.ACTIVE:
+        return pending.renews  # a renewal; any other was completed through another state
+    return can_transition(conn.status, ConnectionStatus.ACTIVE)
+
+
+def _connect(conn: ProviderConnection, sealed: ProviderCredentials, now: datetime) -> None:
+    if conn.status is ConnectionStatus.ACTIVE:
+        conn.renew(sealed, now=now)
+    else:
+        conn.mark_connected(sealed, now=now)
 
 
 def _refuse_key(provider: Provider, api_key: str | None, api_secret: str | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
 
@@ -138,7 +138,21 @@ class ConnectionService:
     async def health_of(self, conns: Sequence[ProviderConnection]) -> dict[UUID, HealthReport]:
         """Each connection's health, by id, in one read of the store."""
         records = await self.store.connection_health([c.id for c in conns])
-        return {c.id: assess(c, records.get(c.id), max_attempts=self.max_attempts) for c in conns}
+        return {
+            c.id: assess(
+                c,
+                records.get(c.id),
+                max_attempts=self.max_attempts,
+                consent_expires_at=self._consent_ends(c),
+            )
+            for c in conns
+        }
+
+    def _consent_ends(self, conn: ProviderConnection) -> datetime | None:
+        """When the provider ends this connection's consent by rule (None: never, unknown)."""
+        if self.registry is None or conn.provider_slug not in self.registry:
+            return None
+        return self.registry.get(conn.provider_slug).consent_expires_at(conn.connected_at)
 
     async def health(self, conn: ProviderConnection) -> HealthReport:
         """One connection's health."""

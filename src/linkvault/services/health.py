@@ -45,10 +45,16 @@ class HealthReport:
     needs_user_action: bool
     needs_user_action_reason: str | None
     health: HealthStatus
+    # When the provider ends the current consent by rule (its consent_lifetime); None: never.
+    consent_expires_at: datetime | None = None
 
 
 def assess(
-    conn: ProviderConnection, record: ConnectionHealth | None, *, max_attempts: int
+    conn: ProviderConnection,
+    record: ConnectionHealth | None,
+    *,
+    max_attempts: int,
+    consent_expires_at: datetime | None = None,
 ) -> HealthReport:
     """What `record` (the worker's record of `conn`; None: none yet) says about `conn`."""
     record = record or ConnectionHealth(conn.id)
@@ -77,4 +83,5 @@ def assess(
         needs_user_action=reason is not None,
         needs_user_action_reason=reason,
         health=health,
+        consent_expires_at=consent_expires_at if active else None,
     )

@@ -188,11 +188,13 @@ class PendingAuthorization:
     return_to: str | None
     created_at: datetime
     expires_at: datetime
+    # Started to renew the consent of a connection that is still ACTIVE (see reconnect).
+    renews: bool = False
 
     def __repr__(self) -> str:
         return (
             f"PendingAuthorization(connection_id={self.connection_id}, "
-            f"expires_at={self.expires_at.isoformat()})"
+            f"expires_at={self.expires_at.isoformat()}, renews={self.renews})"
         )
 
 

@@ -462,6 +462,7 @@ class StoreEngine(ClosingOnExit):
             p.return_to,
             self._time(p.created_at),
             self._time(p.expires_at),
+            p.renews,
         )
         purge = (self._q["purge_states"], (self._time(p.created_at - LAPSED_KEPT),))
         await self._execute_all("put_state", (purge, (self._q["put_state"], args)))
@@ -480,7 +481,7 @@ class StoreEngine(ClosingOnExit):
             return None
         connection_id, created, expires = self._uuid(row[0]), self._at(row[4]), self._at(row[5])
         return PendingAuthorization(
-            state_hash, connection_id, row[1], row[2], row[3], created, expires
+            state_hash, connection_id, row[1], row[2], row[3], created, expires, bool(row[6])
         )
 
     # --- the event log -------------------------------------------------------
@@ -514,6 +515,26 @@ class StoreEngine(ClosingOnExit):
         tx, position = parse_cursor(after)
         rows = await self._rows("events_after", tx, position, check_limit(limit))
         return [self._event(r) for r in rows]
+
+    async def consent_ending(
+        self, provider_slug: str, *, consented_by: datetime, limit: int = 100
+    ) -> list[tuple[UUID, datetime]]:
+        """ACTIVE connections at a provider that consented at or before `consented_by` and were
+        not warned of that consent's end yet: (id, connected_at), oldest first."""
+        args = (provider_slug, self._time(consented_by), check_limit(limit))
+        rows = await self._rows("consent_ending", *args)
+        return [(self._uuid(r[0]), self._at(r[1])) for r in rows]
+
+    async def warn_consent(
+        self, connection_id: UUID, consented_at: datetime, event: ConnectionEvent
+    ) -> bool:
+        """Log `event` (connection.consent_expiring) once for the consent given at
+        `consented_at`; False when already warned, reconnected since, or no longer ACTIVE."""
+        args = (self._key(connection_id), self._time(consented_at), 1)
+        return (
+            await self._logged("warn_consent", "warn_consent", args, event_rows([event]))
+            is not None
+        )
 
     def _event(self, row: Row) -> StoredEvent:
         uuid, at = self._uuid, self._at

@@ -134,6 +134,8 @@ class InMemoryConnectionRepository(ClosingOnExit):
         self._log: list[StoredEvent] = []
         self._seqs: dict[UUID, int] = {}
         self._webhooks = _Webhooks()
+        # The consent (its connected_at) whose end each connection was warned of.
+        self._warned: dict[UUID, datetime] = {}
 
     async def close(self) -> None:
         return None
@@ -145,14 +147,14 @@ class InMemoryConnectionRepository(ClosingOnExit):
             snapshot = dict(self._rows)
             schedules = {k: dataclasses.replace(v) for k, v in self._schedules.items()}
             states = dict(self._states)
-            log, seqs = list(self._log), dict(self._seqs)
+            log, seqs, warned = list(self._log), dict(self._seqs), dict(self._warned)
             try:
                 yield self
             except BaseException:
                 self._rows = snapshot
                 self._schedules = schedules
                 self._states = states
-                self._log, self._seqs = log, seqs
+                self._log, self._seqs, self._warned = log, seqs, warned
                 raise
             return
         async with self._lock:
@@ -163,12 +165,14 @@ class InMemoryConnectionRepository(ClosingOnExit):
             staged._circuits = self._circuits
             staged._webhooks = self._webhooks
             staged._log, staged._seqs = list(self._log), dict(self._seqs)
+            staged._warned = dict(self._warned)
             staged._in_transaction = True
             yield staged
             self._rows = staged._rows
             self._schedules = staged._schedules
             self._states = staged._states
             self._log, self._seqs = staged._log, staged._seqs
+            self._warned = staged._warned
 
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
         if not self._in_transaction:
@@ -502,6 +506,42 @@ class InMemoryConnectionRepository(ClosingOnExit):
         if row is not None:
             self._append(row, events)
         return row is not None
+
+    async def consent_ending(
+        self, provider_slug: str, *, consented_by: datetime, limit: int = 100
+    ) -> list[tuple[UUID, datetime]]:
+        """ACTIVE connections at a provider that consented at or before `consented_by` and were
+        not warned of that consent's end yet: (id, connected_at), oldest first."""
+        limit = check_limit(limit)
+        async with self._lock:
+            found = [
+                (c.connected_at, c.id)
+                for c in self._rows.values()
+                if c.provider_slug == provider_slug
+                and c.status is ConnectionStatus.ACTIVE
+                and c.connected_at is not None
+                and c.connected_at <= consented_by
+                and self._warned.get(c.id) != c.connected_at
+            ]
+        return [(cid, at) for at, cid in sorted(found)[:limit]]
+
+    async def warn_consent(
+        self, connection_id: UUID, consented_at: datetime, event: ConnectionEvent
+    ) -> bool:
+        """Log `event` (connection.consent_expiring) once for the consent given at
+        `consented_at`; False when already warned, reconnected since, or no longer ACTIVE."""
+        async with self._lock:
+            c = self._rows.get(connection_id)
+            if (
+                c is None
+                or c.status is not ConnectionStatus.ACTIVE
+                or c.connected_at != consented_at
+                or self._warned.get(connection_id) == consented_at
+            ):
+                return False
+            self._warned[connection_id] = consented_at
+            self._append(c, [event])
+            return True
 
     async def connection_events(
         self, connection_id: UUID, *, after: int = 0, limit: int = 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import parse_qsl, urlsplit
 from uuid import uuid4
 
@@ -98,5 +99,16 @@ async def test_reconnect_sends_an_expired_connection_through_consent_again(
     done = await api.callback(again.json()["authorize_url"])
     assert done.status_code == 200
     assert (await api.get(conn["id"]))["status"] == "active"
-    active = await api.call("POST", f"/v1/connections/{conn['id']}/reconnect")
-    assert assert_problem(active, 409)["type"] == "urn:linkvault:problem:invalid-transition"
+    # Reconnecting an active connection renews its consent; it stays active meanwhile.
+    before = await api.get(conn["id"])
+    renewal = await api.call("POST", f"/v1/connections/{conn['id']}/reconnect")
+    assert renewal.status_code == 200, renewal.text
+    assert (await api.get(conn["id"]))["status"] == "active"
+    assert (await api.callback(renewal.json()["authorize_url"])).status_code == 200
+    renewed = await api.get(conn["id"])
+    assert renewed["status"] == "active"
+    consented = datetime.fromisoformat(renewed["connected_at"])
+    assert consented > datetime.fromisoformat(before["connected_at"])
+    await api.call("POST", f"/v1/connections/{conn['id']}/disconnect")
+    gone = await api.call("POST", f"/v1/connections/{conn['id']}/reconnect")
+    assert assert_problem(gone, 409)["type"] == "urn:linkvault:problem:invalid-transition"

@@ -497,18 +497,78 @@ async def test_a_failed_reconnect_keeps_the_connection_in_its_earlier_status(
     assert stored.credentials == conn.credentials
 
 
-@pytest.mark.parametrize("status", [ConnectionStatus.ACTIVE, ConnectionStatus.DISCONNECTED])
-async def test_reconnect_of_an_active_or_disconnected_connection_is_refused(
-    connect: Connect, status: ConnectionStatus
-) -> None:
+async def test_reconnect_of_a_disconnected_connection_is_refused(connect: Connect) -> None:
     conn = await connect.connect()
-    if status is ConnectionStatus.DISCONNECTED:
-        conn.mark_disconnected(now=connect.clock.now)
-        await connect.store.save(conn)
+    conn.mark_disconnected(now=connect.clock.now)
+    await connect.store.save(conn)
 
     with pytest.raises(InvalidTransitionError):
         await connect.service.reconnect(conn.id, redirect_uri=REDIRECT)
-    assert (await connect.stored(conn.id)).status is status
+    assert (await connect.stored(conn.id)).status is ConnectionStatus.DISCONNECTED
+
+
+async def test_an_active_connection_renews_its_consent_and_stays_active_throughout(
+    connect: Connect,
+) -> None:
+    conn = await connect.connect("alice")
+    first_consent = conn.connected_at
+    connect.clock.advance(days=6)
+
+    again = await connect.service.reconnect(conn.id, redirect_uri=REDIRECT)
+    waiting = await connect.stored(conn.id)
+    assert (waiting.status, waiting.credentials) == (ConnectionStatus.ACTIVE, conn.credentials)
+    params = await drive_consent(again.authorize_url, subject="alice")
+    result = await connect.service.complete_oauth(state=params["state"], code=params["code"])
+
+    assert result.succeeded, result.error
+    stored = await connect.stored(conn.id)
+    assert stored.status is ConnectionStatus.ACTIVE
+    assert stored.connected_at == connect.clock.now != first_consent
+    newest = connect.running.sandbox.grants("alice")[-1]
+    assert connect.tokens_of(stored).access_token == newest["access_token"]
+    last = (await connect.store.connection_events(conn.id))[-1]
+    assert (last.event.type.value, last.event.from_status, last.event.to_status) == (
+        "connection.activated",
+        "active",
+        "active",
+    )
+    assert last.event.reason == "consent renewed"
+
+
+async def test_a_renewal_the_user_abandons_leaves_the_connection_as_it_was(
+    connect: Connect,
+) -> None:
+    conn = await connect.connect("alice")
+    again = await connect.service.reconnect(conn.id, redirect_uri=REDIRECT)
+    params = await drive_consent(again.authorize_url, approve=False)
+
+    result = await connect.service.complete_oauth(state=params["state"], error=params["error"])
+    connect.clock.advance(minutes=11)
+    await connect.service.fail_lapsed()
+
+    assert result.error is not None
+    stored = await connect.stored(conn.id)
+    assert (stored.status, stored.status_reason) == (ConnectionStatus.ACTIVE, None)
+    assert (stored.credentials, stored.connected_at) == (conn.credentials, conn.connected_at)
+
+
+async def test_a_renewal_finished_after_the_consent_ended_reconnects_the_expired_connection(
+    connect: Connect,
+) -> None:
+    conn = await connect.connect("alice")
+    again = await connect.service.reconnect(conn.id, redirect_uri=REDIRECT)
+    params = await drive_consent(again.authorize_url, subject="alice")
+    ended = await connect.stored(conn.id)
+    ended.mark_expired("the consent ended", now=connect.clock.now)
+    await connect.store.save(ended)
+
+    result = await connect.service.complete_oauth(state=params["state"], code=params["code"])
+
+    assert result.succeeded, result.error
+    stored = await connect.stored(conn.id)
+    assert stored.status is ConnectionStatus.ACTIVE
+    last = (await connect.store.connection_events(conn.id))[-1]
+    assert (last.event.from_status, last.event.to_status) == ("expired", "active")
 
 
 async def test_a_second_callback_for_a_connection_already_reconnected_exchanges_nothing(

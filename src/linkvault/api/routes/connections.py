@@ -225,7 +225,9 @@ def _started(
     summary="Reconnect a connection",
     description=(
         "Scope `write`. A pending, expired, revoked or failed OAuth2 connection gets a new "
-        "authorize URL; an API-key connection takes a new key and is active at once."
+        "authorize URL; so does an active one, to renew its consent before the provider ends "
+        "it (it stays active on its current grant until the user consents). An expired, "
+        "revoked or failed API-key connection takes a new key and is active at once."
     ),
     responses={**COMMON, 400: E400, 404: E404, 409: E409},
 )

@@ -336,14 +336,14 @@ RETURNING id, user_id, provider_id, provider_slug, alias, status, status_reason,
 
 -- name: put_state
 INSERT INTO oauth_states
-    (state_hash, connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+    (state_hash, connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at, renews)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: take_state
 -- Single use: the row is gone once read, whether or not it had expired.
 DELETE FROM oauth_states
 WHERE state_hash = $1
-RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at;
+RETURNING connection_id, sealed_verifier, redirect_uri, return_to, created_at, expires_at, renews;
 
 -- name: purge_states
 DELETE FROM oauth_states WHERE expires_at < $1;
@@ -529,3 +529,26 @@ RETURNING id;
 -- name: webhook_reseal
 -- Key rotation: the secret sealed anew, only if it is still the blob that was read.
 UPDATE webhook_endpoints SET sealed_secret = $3 WHERE id = $1 AND sealed_secret = $2 RETURNING id;
+
+-- name: consent_ending
+-- ACTIVE connections at provider $1 that consented at or before $2 (their consent ends
+-- within the warning's lead time) and were not warned of this consent yet, oldest first.
+SELECT id, connected_at
+FROM provider_connections
+WHERE provider_slug = $1
+  AND status = 'active'
+  AND connected_at <= $2
+  AND (consent_warned_for IS NULL OR consent_warned_for <> connected_at)
+ORDER BY connected_at
+LIMIT $3;
+
+-- name: warn_consent
+-- Record the warning for the consent given at $2, once, while it is still the current one.
+UPDATE provider_connections
+SET consent_warned_for = connected_at,
+    event_seq = event_seq + $3
+WHERE id = $1
+  AND status = 'active'
+  AND connected_at = $2
+  AND (consent_warned_for IS NULL OR consent_warned_for <> connected_at)
+RETURNING id AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
