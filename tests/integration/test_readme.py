@@ -175,6 +175,10 @@ def test_the_readme_runs_as_printed(session: Session) -> None:
     assert "Imported 1 connection(s)." in printed
     assert "acme" in printed
     assert "due 45 minutes later: True" in printed  # the linkvault.testing example
+    assert "verified: connection.recovered" in printed  # the webhook receiver example
+    created = json.loads(next(o for o in outputs if '"secret"' in o))
+    assert created["secret"].startswith("whsec_")
+    assert sorted(created["events"]) == ["connection.recovered", "connection.refresh_failed"]
     assert "connection.activated" in printed  # `linkvault events`
     project_python = session.env["PATH"].split(":")[0] + "/python3"
     installed = subprocess.run(
@@ -188,6 +192,7 @@ def test_the_readme_runs_as_printed(session: Session) -> None:
         process.stop()  # make itself ends by the signal; what it ran must end cleanly
         assert "Traceback" not in process.stderr, process.stderr
         assert "lvk_" not in process.stdout + process.stderr
+        assert created["secret"] not in process.stdout + process.stderr
 
 
 def test_the_readme_names_make_serve_and_make_test_once_each() -> None:
