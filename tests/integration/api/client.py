@@ -11,7 +11,7 @@ from uuid import UUID
 import httpx
 from pydantic import SecretStr
 
-from linkvault.access import ApiKeySet
+from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import CALLBACK_PATH
 from linkvault.crypto import generate_key
 from linkvault.settings import Settings
@@ -42,6 +42,16 @@ class Keys:
     writer: str
     revealer: str
     access: ApiKeySet
+
+
+def make_keys() -> Keys:
+    """One API key per role: admin (every scope), reader, writer and revealer."""
+    admin, admin_entry = generate_api_key("admin", set(Scope))
+    reader, reader_entry = generate_api_key("reader", {Scope.READ})
+    writer, writer_entry = generate_api_key("writer", {Scope.READ, Scope.WRITE})
+    revealer, revealer_entry = generate_api_key("revealer", {Scope.CREDENTIALS})
+    access = ApiKeySet([admin_entry, reader_entry, writer_entry, revealer_entry])
+    return Keys(admin, reader, writer, revealer, access)
 
 
 def bearer(key: str) -> dict[str, str]:

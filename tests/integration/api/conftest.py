@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import create_app
 from linkvault.runtime import Runtime
 from linkvault.testing import RunningSandbox
@@ -17,18 +16,14 @@ from tests.integration.api.client import (
     PROVIDERS_TOML,
     Api,
     Keys,
+    make_keys,
     make_settings,
 )
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    admin, admin_entry = generate_api_key("admin", set(Scope))
-    reader, reader_entry = generate_api_key("reader", {Scope.READ})
-    writer, writer_entry = generate_api_key("writer", {Scope.READ, Scope.WRITE})
-    revealer, revealer_entry = generate_api_key("revealer", {Scope.CREDENTIALS})
-    access = ApiKeySet([admin_entry, reader_entry, writer_entry, revealer_entry])
-    return Keys(admin, reader, writer, revealer, access)
+    return make_keys()
 
 
 @pytest.fixture

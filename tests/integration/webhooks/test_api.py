@@ -11,7 +11,6 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
-from linkvault.access import ApiKeySet, Scope, generate_api_key
 from linkvault.api import create_app
 from linkvault.runtime import Runtime
 from tests.factories import feed_shows
@@ -21,6 +20,7 @@ from tests.integration.api.client import (
     Api,
     Keys,
     assert_problem,
+    make_keys,
     make_settings,
 )
 from tests.integration.webhooks.conftest import Receiver
@@ -28,12 +28,7 @@ from tests.integration.webhooks.conftest import Receiver
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    admin, admin_entry = generate_api_key("admin", set(Scope))
-    reader, reader_entry = generate_api_key("reader", {Scope.READ})
-    writer, writer_entry = generate_api_key("writer", {Scope.READ, Scope.WRITE})
-    revealer, revealer_entry = generate_api_key("revealer", {Scope.CREDENTIALS})
-    access = ApiKeySet([admin_entry, reader_entry, writer_entry, revealer_entry])
-    return Keys(admin, reader, writer, revealer, access)
+    return make_keys()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
