@@ -49,10 +49,13 @@ class Scope(StrEnum):
 
     READ = "read"
     WRITE = "write"
-    CREDENTIALS = "credentials"
+    CREDENTIALS = "credentials"  # the decrypted credentials, refresh token included
+    TOKEN = "token"  # a current access token, never the refresh token
+    PROXY = "proxy"  # calls to the provider's API through linkvault, no token handed out
 
 
 ALL_SCOPES = frozenset(Scope)
+ALL_SCOPES_ORDERED = tuple(s.value for s in Scope)
 
 
 def hash_api_key(plaintext: str) -> str:
@@ -233,7 +236,8 @@ def load_or_create_api_key_file(
         ) from None
     announce(
         f"linkvault: created API key file {path.resolve()} with one key, 'admin' "
-        f"(scopes: read, write, credentials); the key itself is in {plaintext_file.resolve()} "
+        f"(scopes: {', '.join(ALL_SCOPES_ORDERED)}); "
+        f"the key itself is in {plaintext_file.resolve()} "
         "(mode 0600): take it from there, then delete that file"
     )
     return load_api_key_file(path)

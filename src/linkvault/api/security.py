@@ -112,3 +112,5 @@ def scope_guard(scope: KeyScope) -> Callable[[Request, ApiKeyEntry | None], Awai
 ReadKey = Annotated[ApiKeyEntry, Security(scope_guard(KeyScope.READ))]
 WriteKey = Annotated[ApiKeyEntry, Security(scope_guard(KeyScope.WRITE))]
 CredentialsKey = Annotated[ApiKeyEntry, Security(scope_guard(KeyScope.CREDENTIALS))]
+TokenKey = Annotated[ApiKeyEntry, Security(scope_guard(KeyScope.TOKEN))]
+ProxyKey = Annotated[ApiKeyEntry, Security(scope_guard(KeyScope.PROXY))]

@@ -131,7 +131,10 @@ def keys_generate(
 def keys_create_api_key(
     name: Annotated[str, typer.Argument(help="A name for the key, shown in audit logs.")],
     scopes: Annotated[
-        str, typer.Option(help="Comma-separated scopes: read, write, credentials, or all.")
+        str,
+        typer.Option(
+            help="Comma-separated scopes: read, write, credentials, token, proxy, or all."
+        ),
     ] = "read,write",
 ) -> None:
     """Print a new API key once, and the hashed entry to configure for it."""
