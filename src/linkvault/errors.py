@@ -305,3 +305,39 @@ class NoCredentialsError(ConnectionStateError):
     def __init__(self, status: str) -> None:
         super().__init__(f"a {status} connection holds no credentials")
         self.status = status
+
+
+class NeedsUserActionError(ConnectionStateError):
+    """Only the user can make the connection work again: they must reconnect.
+
+    `status` is the connection's status, `reason` the text linkvault recorded for it.
+    """
+
+    kind = "needs-user-action"
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(f"the connection needs its user to reconnect: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class TokenUnavailableError(LinkvaultError):
+    """No current access token right now, for a reason that passes: the provider failing,
+    its circuit open, or another refresh still running. `retry_after` is in seconds."""
+
+    def __init__(self, reason: str, *, retry_after: float) -> None:
+        super().__init__(f"no current access token for now: {reason}")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class NoAccessTokenError(ConnectionStateError):
+    """The connection holds no OAuth2 grant, so there is no access token to hand out."""
+
+    kind = "no-access-token"
+
+    def __init__(self, credential_type: str) -> None:
+        super().__init__(
+            f"a connection holding {credential_type} credentials has no OAuth2 access token"
+        )
+        self.credential_type = credential_type

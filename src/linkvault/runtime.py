@@ -19,6 +19,7 @@ from linkvault.providers import (
     ProviderRegistry,
     load_registry,
 )
+from linkvault.services.access_tokens import AccessTokenService
 from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
 from linkvault.services.consent import ConsentWatch
@@ -76,6 +77,7 @@ class Runtime:
     worker: RefreshWorker
     clock: Clock = field(default=utc_now)
     connections: ConnectionService = field(init=False)
+    access_tokens: AccessTokenService = field(init=False)
     events: EventService = field(init=False)
     webhooks: WebhookService = field(init=False)
     dispatcher: WebhookDispatcher = field(init=False)
@@ -87,6 +89,9 @@ class Runtime:
             registry=self.registry,
             cipher=self.cipher,
             worker=self.worker,
+        )
+        self.access_tokens = AccessTokenService(
+            self.store, self.registry, self.cipher, self.worker, clock=self.clock
         )
         self.events = EventService(self.store)
         s = self.settings

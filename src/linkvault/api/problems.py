@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -26,9 +27,11 @@ from linkvault.errors import (
     InvalidStateError,
     InvalidTransitionError,
     LinkvaultError,
+    NeedsUserActionError,
     NotAcceptedError,
     NotFoundError,
     StaleConnectionError,
+    TokenUnavailableError,
     UnknownProviderError,
     WebhookNotFoundError,
 )
@@ -143,8 +146,24 @@ def _translate(exc: LinkvaultError) -> ApiProblem | None:
         )
     if isinstance(exc, InvalidTransitionError):
         return conflict("invalid-transition", str(exc), current_status=exc.current)
+    if isinstance(exc, NeedsUserActionError):
+        return conflict(
+            exc.kind,
+            str(exc),
+            needs_user_action=True,
+            connection_status=exc.status,
+            reason=exc.reason,
+        )
     if isinstance(exc, ConnectionStateError):
         return conflict(exc.kind, str(exc))
+    if isinstance(exc, TokenUnavailableError):
+        return ApiProblem(
+            503,
+            "token-unavailable",
+            "Service Unavailable",
+            str(exc),
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+        )
     if isinstance(exc, DatabaseError):
         # The driver's message stays in the log: it may name hosts, tables or queries.
         return ApiProblem(

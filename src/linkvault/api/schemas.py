@@ -293,6 +293,25 @@ class StartedConnection(BaseModel):
     authorize_url: str | None
 
 
+class TokenRequest(_Input):
+    """How long the access token must still be good for."""
+
+    min_valid_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86_400,
+        description="the token handed out is good for at least this long; refreshed if not",
+    )
+
+
+class IssuedAccessToken(BaseModel):
+    """A current access token: send it as `Authorization: <token_type> <access_token>`."""
+
+    access_token: str
+    token_type: str
+    expires_at: datetime | None = Field(description="when it expires; null: never")
+
+
 class RefreshResult(BaseModel):
     """How an immediate refresh ended, and the connection afterwards."""
 

@@ -41,17 +41,23 @@ class Keys:
     reader: str
     writer: str
     revealer: str
+    tokener: str
+    proxier: str
     access: ApiKeySet
 
 
 def make_keys() -> Keys:
-    """One API key per role: admin (every scope), reader, writer and revealer."""
+    """One API key per role: admin (every scope), reader, writer, revealer (credentials),
+    tokener (access tokens) and proxier (calls through the provider proxy)."""
     admin, admin_entry = generate_api_key("admin", set(Scope))
     reader, reader_entry = generate_api_key("reader", {Scope.READ})
     writer, writer_entry = generate_api_key("writer", {Scope.READ, Scope.WRITE})
     revealer, revealer_entry = generate_api_key("revealer", {Scope.CREDENTIALS})
-    access = ApiKeySet([admin_entry, reader_entry, writer_entry, revealer_entry])
-    return Keys(admin, reader, writer, revealer, access)
+    tokener, tokener_entry = generate_api_key("tokener", {Scope.TOKEN})
+    proxier, proxier_entry = generate_api_key("proxier", {Scope.PROXY})
+    entries = [admin_entry, reader_entry, writer_entry, revealer_entry, tokener_entry]
+    access = ApiKeySet([*entries, proxier_entry])
+    return Keys(admin, reader, writer, revealer, tokener, proxier, access)
 
 
 def bearer(key: str) -> dict[str, str]:

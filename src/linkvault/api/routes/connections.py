@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -35,16 +36,19 @@ from linkvault.api.schemas import (
     ConnectionView,
     Event,
     EventPage,
+    IssuedAccessToken,
+    Problem,
     ReconnectConnection,
     RefreshResult,
     RevealedCredentials,
     StartConnection,
     StartedConnection,
+    TokenRequest,
     UpdateConnection,
     payload_out,
     shown,
 )
-from linkvault.api.security import CredentialsKey, ReadKey, WriteKey
+from linkvault.api.security import CredentialsKey, ReadKey, TokenKey, WriteKey
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import StaleConnectionError, UnknownProviderError
 from linkvault.providers import ProviderRegistry
@@ -370,6 +374,43 @@ async def read_credentials(
         credential_type=conn.credentials.credential_type,
         expires_at=conn.credentials.expires_at,
         payload=payload_out(payload),  # type: ignore[arg-type]
+    )
+
+
+@router.post(
+    "/{connection_id}/access-token",
+    response_model=IssuedAccessToken,
+    tags=["credentials"],
+    summary="Get a current access token",
+    description=(
+        "Scope `token`. An access token good for at least `min_valid_seconds` (default 60), "
+        "refreshed first when the stored one is not. However many callers ask at once, in "
+        "however many processes, the provider sees one refresh and every caller gets its "
+        "token. Never the refresh token: that takes scope `credentials`. 409 with "
+        "`needs_user_action: true` when only a reconnect can help; 503 with Retry-After when "
+        "the provider is failing."
+    ),
+    responses={
+        **COMMON,
+        400: E400,
+        404: E404,
+        409: {"model": Problem, "description": "needs its user, or holds no OAuth2 grant"},
+        503: {"model": Problem, "description": "the provider is failing, or the database"},
+    },
+)
+async def access_token(
+    runtime: CurrentRuntime,
+    connection_id: ConnectionId,
+    response: Response,
+    _key: TokenKey,
+    body: Annotated[TokenRequest | None, Body()] = None,
+) -> IssuedAccessToken:
+    wanted = timedelta(seconds=(body or TokenRequest()).min_valid_seconds)
+    token = await runtime.access_tokens.access_token(connection_id, min_valid=wanted)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return IssuedAccessToken(
+        access_token=token.token, token_type=token.token_type, expires_at=token.expires_at
     )
 
 
