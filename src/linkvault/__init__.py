@@ -38,9 +38,12 @@ from linkvault.errors import (
     InvalidTransitionError,
     KeyRingError,
     LinkvaultError,
+    NeedsUserActionError,
+    NoAccessTokenError,
     NotFoundError,
     SchemaError,
     StaleConnectionError,
+    TokenUnavailableError,
     UnknownProviderError,
 )
 from linkvault.imports import Grant, import_grants, parse_grants
@@ -55,14 +58,17 @@ from linkvault.providers import (
 from linkvault.services.connect import connection_with_credentials
 from linkvault.stores import ConnectionStore, open_store
 from linkvault.stores.memory import InMemoryConnectionRepository
+from linkvault.vault import AccessToken, ConnectionAuth, Vault
 
 __all__ = [
     "TRANSITIONS",
+    "AccessToken",
     "AesGcmCipher",
     "ApiKeyCredentials",
     "AuthStyle",
     "ClientCredentials",
     "ConfigurationError",
+    "ConnectionAuth",
     "ConnectionStatus",
     "ConnectionStore",
     "ConstraintViolationError",
@@ -84,6 +90,8 @@ __all__ = [
     "KeyRingError",
     "LinkTokenCredentials",
     "LinkvaultError",
+    "NeedsUserActionError",
+    "NoAccessTokenError",
     "NotFoundError",
     "OAuth2Tokens",
     "Provider",
@@ -93,7 +101,9 @@ __all__ = [
     "ProviderRegistry",
     "SchemaError",
     "StaleConnectionError",
+    "TokenUnavailableError",
     "UnknownProviderError",
+    "Vault",
     "connection_with_credentials",
     "generate_key",
     "import_grants",

@@ -10,7 +10,7 @@ Settings not given come from the environment (LINKVAULT_*), as for `linkvault se
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Self
@@ -39,14 +39,19 @@ class Vault:
         database_url: str | None = None,
         *,
         settings: Settings | None = None,
+        env: Mapping[str, str] | None = None,
         migrate: bool | None = None,
     ) -> Self:
         """Open the store named by `database_url` (or the settings') with keys and providers
-        from `settings` or the environment; embedded SQLite migrates itself by default."""
+        from `settings` or the environment; embedded SQLite migrates itself by default.
+
+        `env` stands in for the process environment where provider clients are read from
+        (LINKVAULT_PROVIDER_<SLUG>_CLIENT_ID and the like).
+        """
         settings = settings or Settings()
         if database_url is not None:
             settings = settings.model_copy(update={"database_url": database_url})
-        return cls(await Runtime.open(settings, migrate=migrate))
+        return cls(await Runtime.open(settings, env=env, migrate=migrate))
 
     @property
     def connections(self) -> ConnectionService:
