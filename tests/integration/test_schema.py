@@ -18,9 +18,9 @@ from linkvault.errors import InvalidArgumentError, SchemaError
 from linkvault.stores import DEFAULT_URL, open_store, redact_url
 from linkvault.stores import queries as named
 from linkvault.stores.memory import InMemoryConnectionRepository
-from linkvault.stores.migrations import SCHEMA_TABLE, latest_version
+from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
 from linkvault.stores.postgres import PostgresConnectionRepository
-from linkvault.stores.sqlite import SqliteConnectionRepository
+from linkvault.stores.sqlite import SqliteConnectionRepository, split_statements
 from tests.conftest import PostgresServer
 
 PORT_QUERIES: dict[str, Callable[[Any, Any, Any], tuple[Any, ...]]] = {
@@ -82,6 +82,45 @@ async def test_sqlite_migrate_is_idempotent_and_recorded(tmp_path: Path) -> None
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         versions = [r[0] for r in db.execute(f"SELECT version FROM {SCHEMA_TABLE}")]
     assert versions == list(range(1, latest_version("sqlite") + 1))
+
+
+async def test_sqlite_events_keep_their_positions_across_migration_8(tmp_path: Path) -> None:
+    """Dropping AUTOINCREMENT rebuilds the event table: every event and position stays, and
+    the next event is placed after the last one."""
+    path = tmp_path / "lv.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                   " applied_at TEXT NOT NULL DEFAULT 'x')")  # fmt: skip
+        for migration in load_migrations("sqlite")[:7]:
+            for statement in split_statements(migration.sql):
+                db.execute(statement)
+            db.execute(f"INSERT INTO {SCHEMA_TABLE} (version, name) VALUES (?, ?)",
+                       (migration.version, migration.name))  # fmt: skip
+        cid = uuid4().bytes
+        for seq in (1, 2, 3):
+            db.execute(
+                "INSERT INTO connection_events (position, id, connection_id, user_id,"
+                " provider_slug, seq, type, occurred_at) VALUES (?, ?, ?, ?, 'x', ?, 't', 0)",
+                (seq * 10, uuid4().bytes, cid, uuid4().bytes, seq),
+            )
+    async with await SqliteConnectionRepository.open(path) as repo:
+        assert await repo.migrate() == list(range(8, latest_version("sqlite") + 1))
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT position FROM connection_events")] == [10, 20, 30]
+        db.execute(
+            "INSERT INTO connection_events (id, connection_id, user_id, provider_slug, seq,"
+            " type, occurred_at) VALUES (?, ?, ?, 'x', 4, 't', 0)",
+            (uuid4().bytes, cid, uuid4().bytes),
+        )
+        assert db.execute("SELECT max(position) FROM connection_events").fetchone()[0] == 31
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'connection_events'")
+        assert "AUTOINCREMENT" not in sql.fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError):  # (connection_id, seq) is still unique
+            db.execute(
+                "INSERT INTO connection_events (id, connection_id, user_id, provider_slug, seq,"
+                " type, occurred_at) VALUES (?, ?, ?, 'x', 4, 't', 0)",
+                (uuid4().bytes, cid, uuid4().bytes),
+            )
 
 
 async def test_concurrent_sqlite_migrations_do_not_collide(tmp_path: Path) -> None:
