@@ -169,6 +169,9 @@ def test_the_readme_runs_as_printed(session: Session) -> None:
     printed = "\n".join(outputs)
     listed = json.loads(next(o for o in outputs if '"items"' in o))
     assert [c["status"] for c in listed["items"]] == ["active"]
+    issued = json.loads(next(o for o in outputs if '"access_token"' in o))
+    assert set(issued) == {"access_token", "token_type", "expires_at"}
+    assert issued["token_type"] == "Bearer"
     assert "a stale copy is refused" in printed
     assert "<redacted>" in printed
     assert "rt-from-your-old-system" not in printed
