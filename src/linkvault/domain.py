@@ -102,18 +102,36 @@ class ProviderCredentials:
     expires_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.encrypted_data, bytes | bytearray | memoryview):
-            raise InvalidConnectionError("encrypted_data must be bytes")
-        if not self.encrypted_data:
+        # Every credential read and write builds one: the usual types pass a cheap test.
+        data = self.encrypted_data
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise InvalidConnectionError("encrypted_data must be bytes")
+            object.__setattr__(self, "encrypted_data", bytes(data))
+        if not data:
             raise InvalidConnectionError("encrypted_data must not be empty")
-        object.__setattr__(self, "encrypted_data", bytes(self.encrypted_data))
-        try:
-            object.__setattr__(self, "credential_type", CredentialType(self.credential_type))
-        except ValueError:
-            raise InvalidConnectionError(
-                f"unknown credential type {self.credential_type!r}"
-            ) from None
-        object.__setattr__(self, "expires_at", _require_aware("expires_at", self.expires_at))
+        if type(self.credential_type) is not CredentialType:
+            try:
+                object.__setattr__(self, "credential_type", CredentialType(self.credential_type))
+            except ValueError:
+                raise InvalidConnectionError(
+                    f"unknown credential type {self.credential_type!r}"
+                ) from None
+        at = self.expires_at
+        if at is not None and (type(at) is not datetime or at.tzinfo is not UTC):
+            object.__setattr__(self, "expires_at", _require_aware("expires_at", at))
+
+    @classmethod
+    def trusted(
+        cls, encrypted_data: bytes, credential_type: CredentialType, expires_at: datetime | None
+    ) -> ProviderCredentials:
+        """Build from values already in canonical form (non-empty bytes, the enum, an expiry
+        in UTC or None), skipping the checks: for code that made them so itself."""
+        credentials = object.__new__(cls)
+        object.__setattr__(credentials, "encrypted_data", encrypted_data)
+        object.__setattr__(credentials, "credential_type", credential_type)
+        object.__setattr__(credentials, "expires_at", expires_at)
+        return credentials
 
     def __repr__(self) -> str:
         expiry = self.expires_at.isoformat() if self.expires_at else "never"

@@ -238,11 +238,44 @@ def test_arbitrary_custom_values_serialize_and_parse_back(values: dict[str, str]
         b'{"v":1,"type":"oauth2","access_token":"a","expires_at":5}',
         b'{"v":1,"type":"oauth2","access_token":"a","expires_at":"2026-03-01T12:00:00"}',
         b'{"v":1,"type":"custom","values":"x"}',
+        b'{"v":1,"type":"oauth2","access_token":""}',
+        b'{"v":1,"type":"oauth2","access_token":"a\\u0000b"}',
+        b'{"v":1,"type":"oauth2","access_token":"a","refresh_token":""}',
+        b'{"v":1,"type":"oauth2","access_token":"a","token_type":null}',
+        b'{"v":1,"type":"api_key","api_key":"k","api_secret":""}',
+        b'{"v":1,"type":"link_token","access_token":"a","item_id":"i","extra":1}',
+        b'{"v":"1","type":"oauth2","access_token":"a"}',
     ],
 )
 def test_malformed_payloads_fail_with_decryption_error(data: bytes) -> None:
     with pytest.raises(DecryptionError):
         deserialize_payload(data)
+
+
+def test_an_expiry_with_an_offset_is_read_back_in_utc() -> None:
+    data = b'{"v":1,"type":"oauth2","access_token":"a","expires_at":"2026-03-01T14:00:00+02:00"}'
+
+    tokens = deserialize_payload(data)
+
+    assert isinstance(tokens, OAuth2Tokens)
+    assert tokens.expires_at == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert tokens.expires_at is not None
+    assert tokens.expires_at.tzinfo is UTC
+
+
+def test_payloads_written_by_the_json_module_still_open() -> None:
+    # What linkvault wrote before msgspec: isoformat "+00:00" expiries, ensure_ascii off.
+    data = (
+        '{"v":1,"type":"oauth2","access_token":"ä-tok","refresh_token":"r","token_type":'
+        '"Bearer","scope":"s","expires_at":"2026-03-01T12:00:00.123456+00:00"}'
+    ).encode()
+
+    assert deserialize_payload(data) == OAuth2Tokens(
+        access_token="ä-tok",
+        refresh_token="r",
+        scope="s",
+        expires_at=datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+    )
 
 
 def test_malformed_payload_errors_never_echo_the_plaintext() -> None:
