@@ -345,16 +345,17 @@ def stored_event(
     tx: str,
 ) -> StoredEvent:
     """An event read back from a store's log."""
+    # The arguments are the event's fields, in their order.
     event = ConnectionEvent(
-        type=EventType(type),
-        connection_id=connection_id,
-        user_id=user_id,
-        provider_slug=provider_slug,
-        occurred_at=occurred_at,
-        from_status=from_status,
-        to_status=to_status,
-        reason=reason,
-        data=json.loads(data),
+        EventType(type),
+        connection_id,
+        user_id,
+        provider_slug,
+        occurred_at,
+        from_status,
+        to_status,
+        reason,
+        json.loads(data),
     )
     return StoredEvent(id, int(position), int(seq), event, f"{tx}.{int(position)}")
 

@@ -1,7 +1,8 @@
 """One store engine: every repository method written once, over a dialect's primitives.
 
-A dialect (postgres.py, sqlite.py) supplies the driver calls, its named queries, the
-conversion of values to parameters and of columns to values, transactions and migrations.
+A dialect (postgres.py, sqlite.py) supplies its name (which picks its named queries), the
+driver calls, the conversion of values to parameters and of columns to values, transactions
+and migrations.
 A primitive returns the dialect's call itself, not a coroutine of its own: the engine adds
 no await to a call.
 """
@@ -18,6 +19,7 @@ from uuid import UUID
 from linkvault.domain import Clock, ProviderConnection, uuid7
 from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
+from linkvault.stores import queries
 from linkvault.stores.common import (
     FIRST_PAGE,
     LAPSED_KEPT,
@@ -72,8 +74,13 @@ class StoreEngine(ClosingOnExit):
     """The repository methods over a dialect: subclasses supply the primitives below."""
 
     _dialect: str
+    # The dialect's named queries (sql/<dialect>.sql), loaded once for each dialect class.
     _q: Mapping[str, str]
     _clock: Clock
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._q = queries.load(cls._dialect)
 
     # --- what a dialect supplies ---------------------------------------------
 
