@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
 
 from linkvault import webhooks
@@ -15,6 +16,8 @@ from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_no
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.events import ConnectionEvent, StoredEvent
 from linkvault.stores import common
+
+T = TypeVar("T")
 
 
 def _copy(connection: ProviderConnection) -> ProviderConnection:
@@ -139,11 +142,17 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
             self._log, self._seqs = staged._log, staged._seqs
             self._warned = staged._warned
 
+    async def _exclusive(self, work: Callable[[], T]) -> T:
+        """Run `work` holding the store's lock (a transaction already holds it)."""
+        if self._in_transaction:
+            return work()
+        async with self._lock:
+            return work()
+
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
-        if not self._in_transaction:
-            async with self._lock:
-                return _ordered([_copy(c) for c in self._rows.values() if pick(c)])
-        return _ordered([_copy(c) for c in self._rows.values() if pick(c)])
+        return await self._exclusive(
+            lambda: _ordered([_copy(c) for c in self._rows.values() if pick(c)])
+        )
 
     async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
         found = await self._read(lambda c: c.id == connection_id)
@@ -177,11 +186,7 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
         return sorted(rows, key=lambda c: (c.credentials.expires_at, c.id))  # type: ignore[union-attr]
 
     async def save(self, connection: ProviderConnection) -> None:
-        if self._in_transaction:
-            self._save(connection)
-            return
-        async with self._lock:
-            self._save(connection)
+        await self._exclusive(lambda: self._save(connection))
 
     def _save(self, connection: ProviderConnection) -> None:
         stored = self._rows.get(connection.id)
@@ -221,11 +226,7 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
         self._seqs[row.id] = seq
 
     async def delete(self, connection_id: UUID) -> None:
-        if self._in_transaction:
-            self._delete(connection_id)
-            return
-        async with self._lock:
-            self._delete(connection_id)
+        await self._exclusive(lambda: self._delete(connection_id))
 
     def _delete(self, connection_id: UUID) -> None:
         row = self._rows.pop(connection_id, None)
@@ -429,10 +430,7 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
 
     async def append_events(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
         """Log events that change nothing else on the connection; False when it is gone."""
-        if self._in_transaction:
-            return self._append_to(connection_id, events)
-        async with self._lock:
-            return self._append_to(connection_id, events)
+        return await self._exclusive(lambda: self._append_to(connection_id, events))
 
     def _append_to(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
         row = self._rows.get(connection_id)
@@ -772,11 +770,7 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
 
     async def put_state(self, pending: common.PendingAuthorization) -> None:
         """Keep a pending authorization until its callback (or its expiry)."""
-        if self._in_transaction:
-            self._put_state(pending)
-            return
-        async with self._lock:
-            self._put_state(pending)
+        await self._exclusive(lambda: self._put_state(pending))
 
     def _put_state(self, pending: common.PendingAuthorization) -> None:
         kept_from = pending.created_at - common.LAPSED_KEPT
@@ -805,10 +799,7 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
 
     async def take_state(self, state_hash: bytes) -> common.PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""
-        if self._in_transaction:
-            return self._states.pop(state_hash, None)
-        async with self._lock:
-            return self._states.pop(state_hash, None)
+        return await self._exclusive(lambda: self._states.pop(state_hash, None))
 
     async def migrate(self) -> list[int]:
         return []
