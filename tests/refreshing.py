@@ -17,6 +17,7 @@ from linkvault.oauth import HttpxTokenClient, TokenResponse
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.stores import ConnectionStore
+from linkvault.stores.common import ClaimRequest
 from linkvault.testing import FakeClock, RunningSandbox
 
 POLICY = RefreshPolicy(
@@ -160,10 +161,7 @@ class Bench:
     async def claimable(self, policy: RefreshPolicy = POLICY) -> set[UUID]:
         claims = await self.store.claim_due(
             "probe",
-            horizon=policy.horizon,
-            lease=policy.lease,
-            limit=100,
-            max_failures=policy.max_attempts,
+            ClaimRequest(policy.horizon, policy.lease, limit=100, max_failures=policy.max_attempts),
         )
         ids = [c.connection.id for c in claims]
         await self.store.release_claims(ids, "probe")

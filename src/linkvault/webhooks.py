@@ -205,6 +205,23 @@ class DeliveryClaim:
     endpoint: WebhookEndpoint
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one attempt of a delivery ended, as the worker records it with finish_delivery.
+
+    `status` and `attempts` are the delivery's after this attempt, `next_attempt_at` its next
+    try (None once it is delivered or given up); `status_code` and `error` are this attempt's
+    answer. With `disable_reason`, the endpoint is disabled too, saying why.
+    """
+
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+    disable_reason: str | None = None
+
+
 def safe_error(error: str | None) -> str | None:
     """An attempt's error cut to size, printable only."""
     if error is None:

@@ -14,6 +14,7 @@ from linkvault.domain import (
 )
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
+from linkvault.stores.common import ClaimRequest, ClaimResult
 from linkvault.testing import FakeClock
 from tests.factories import make, saved
 
@@ -25,7 +26,7 @@ async def claim(
     store: ConnectionStore, owner: str, limit: int = 100, max_failures: int = 5
 ) -> set[UUID]:
     claims = await store.claim_due(
-        owner, horizon=HORIZON, lease=LEASE, limit=limit, max_failures=max_failures
+        owner, ClaimRequest(HORIZON, LEASE, limit=limit, max_failures=max_failures)
     )
     return {c.connection.id for c in claims}
 
@@ -57,7 +58,7 @@ async def test_only_due_refreshable_active_connections_are_claimed(
     never.mark_connected(ProviderCredentials(b"k", CredentialType.OAUTH2, None), now=clock.now)
     await saved(store, never)
 
-    claims = await store.claim_due("w1", horizon=HORIZON, lease=LEASE, limit=10, max_failures=5)
+    claims = await store.claim_due("w1", ClaimRequest(HORIZON, LEASE, limit=10, max_failures=5))
 
     assert [c.connection.id for c in claims] == [overdue.id, soon.id]
     assert all(c.failures == 0 for c in claims)
@@ -75,7 +76,7 @@ async def test_a_leased_connection_is_not_claimed_again_until_the_lease_lapses(
     assert await claim(store, "w2") == set()
     clock.advance(seconds=1)
     assert await claim(store, "w2") == {conn.id}
-    assert await store.finish_claim(conn.id, "w1", succeeded=True) is None
+    assert await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=True)) is None
 
 
 async def test_concurrent_claimers_never_share_a_connection(
@@ -95,13 +96,13 @@ async def test_a_success_clears_the_lease_and_the_failures(
 ) -> None:
     conn = await due(store, clock)
     await claim(store, "w1")
-    assert await store.finish_claim(conn.id, "w1", succeeded=False, error="503") == 1
+    assert await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=False, error="503")) == 1
     clock.advance(minutes=1)
     await claim(store, "w1")
 
-    assert await store.finish_claim(conn.id, "w1", succeeded=True) == 0
+    assert await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=True)) == 0
 
-    claims = await store.claim_due("w2", horizon=HORIZON, lease=LEASE, limit=5, max_failures=5)
+    claims = await store.claim_due("w2", ClaimRequest(HORIZON, LEASE, limit=5, max_failures=5))
     assert [(c.connection.id, c.failures) for c in claims] == [(conn.id, 0)]
 
 
@@ -114,14 +115,14 @@ async def test_a_failure_is_retried_only_from_its_next_attempt_time(
 
     assert (
         await store.finish_claim(
-            conn.id, "w1", succeeded=False, next_attempt_at=retry_at, error="HTTP 503"
+            conn.id, "w1", ClaimResult(succeeded=False, next_attempt_at=retry_at, error="HTTP 503")
         )
         == 1
     )
 
     assert await claim(store, "w2") == set()
     clock.advance(seconds=30)
-    claims = await store.claim_due("w2", horizon=HORIZON, lease=LEASE, limit=5, max_failures=5)
+    claims = await store.claim_due("w2", ClaimRequest(HORIZON, LEASE, limit=5, max_failures=5))
     assert [(c.connection.id, c.failures) for c in claims] == [(conn.id, 1)]
 
 
@@ -131,7 +132,7 @@ async def test_a_connection_that_keeps_failing_is_no_longer_claimed(
     conn = await due(store, clock)
     for _ in range(3):
         assert await claim(store, "w1", max_failures=3) == {conn.id}
-        await store.finish_claim(conn.id, "w1", succeeded=False)
+        await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=False))
 
     assert await claim(store, "w1", max_failures=3) == set()
 
@@ -142,7 +143,7 @@ async def test_new_credentials_start_a_fresh_schedule(
     conn = await due(store, clock)
     for _ in range(3):
         await claim(store, "w1", max_failures=3)
-        await store.finish_claim(conn.id, "w1", succeeded=False)
+        await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=False))
     conn.update_credentials(
         ProviderCredentials(b"new", CredentialType.OAUTH2, clock.now + timedelta(minutes=1)),
         now=clock.now,
@@ -224,7 +225,7 @@ async def test_one_connection_can_be_claimed_for_an_immediate_refresh(
     assert await store.claim_connection(pending.id, "api", lease=LEASE) is None
     assert await store.claim_connection(uuid4(), "api", lease=LEASE) is None
 
-    await store.finish_claim(conn.id, "api", succeeded=True)
+    await store.finish_claim(conn.id, "api", ClaimResult(succeeded=True))
     assert await store.claim_connection(conn.id, "worker", lease=LEASE) is not None
 
 
@@ -235,7 +236,7 @@ async def test_the_backlog_can_leave_out_connections_out_of_attempts(
     await due(store, clock, 6)
     for _ in range(2):
         await claim(store, "w1", limit=1, max_failures=2)
-        await store.finish_claim(spent.id, "w1", succeeded=False)
+        await store.finish_claim(spent.id, "w1", ClaimResult(succeeded=False))
 
     assert (await store.refresh_backlog(HORIZON)).unclaimed == 2
     assert (await store.refresh_backlog(HORIZON, max_failures=2)).unclaimed == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from uuid import UUID, uuid4
 
@@ -11,6 +12,7 @@ from linkvault.domain import ConnectionStatus
 from linkvault.errors import InvalidArgumentError, NotFoundError, StaleConnectionError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
 from linkvault.stores import ConnectionStore
+from linkvault.stores.common import ClaimRequest, ClaimResult, Refreshed
 from linkvault.testing import FakeClock
 from tests.factories import MARKER_USER, creds, make, read_all, saved, settled_log
 
@@ -174,29 +176,26 @@ async def test_the_refresh_statements_write_their_events_only_while_the_lease_is
 ) -> None:
     conn = await saved(store, make(clock, status=ConnectionStatus.ACTIVE, expires_at=clock.now))
     assert await store.claim_due(
-        "w1", horizon=timedelta(minutes=10), lease=LEASE, limit=10, max_failures=5
+        "w1", ClaimRequest(timedelta(minutes=10), LEASE, limit=10, max_failures=5)
     )
     failed = note(clock, conn.id, EventType.REFRESH_FAILED, attempt=1)
 
-    assert await store.finish_claim(conn.id, "w2", succeeded=False, events=[failed]) is None
-    assert await store.finish_claim(conn.id, "w1", succeeded=False, events=[failed]) == 1
+    failure = ClaimResult(succeeded=False, events=[failed])
+    assert await store.finish_claim(conn.id, "w2", failure) is None
+    assert await store.finish_claim(conn.id, "w1", failure) == 1
     assert kinds(await store.connection_events(conn.id))[-1] == "connection.refresh_failed"
 
     clock.advance(minutes=1)
     assert await store.claim_due(
-        "w1", horizon=timedelta(minutes=10), lease=LEASE, limit=10, max_failures=5
+        "w1", ClaimRequest(timedelta(minutes=10), LEASE, limit=10, max_failures=5)
     )
     assert conn.credentials is not None
     recovered = note(clock, conn.id, EventType.RECOVERED)
     renewed = creds(clock.now + timedelta(hours=1), data=b"renewed")
-    assert not await store.complete_refresh(
-        conn.id, "w1", started_from=b"other", credentials=renewed, next_refresh_at=None,
-        events=[recovered],
-    )  # fmt: skip
-    assert await store.complete_refresh(
-        conn.id, "w1", started_from=conn.credentials.encrypted_data, credentials=renewed,
-        next_refresh_at=None, events=[recovered],
-    )  # fmt: skip
+    from_other = Refreshed(b"other", renewed, next_refresh_at=None, events=[recovered])
+    assert not await store.complete_refresh(conn.id, "w1", from_other)
+    from_held = dataclasses.replace(from_other, started_from=conn.credentials.encrypted_data)
+    assert await store.complete_refresh(conn.id, "w1", from_held)
 
     assert kinds(await store.connection_events(conn.id)) == [
         "connection.created",

@@ -10,7 +10,7 @@ import pytest
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import ConnectionFilter, ConnectionHealth
+from linkvault.stores.common import ClaimResult, ConnectionFilter, ConnectionHealth, Page
 from linkvault.testing import FakeClock
 from tests.factories import creds, make, saved
 
@@ -24,7 +24,9 @@ async def fail_refresh(store: ConnectionStore, conn: ProviderConnection, times: 
         assert await store.claim_connection(conn.id, "w1", lease=LEASE) is not None
         retry_at = conn.created_at + timedelta(minutes=n + 1)
         await store.finish_claim(
-            conn.id, "w1", succeeded=False, next_attempt_at=retry_at, error=f"unavailable: {n}"
+            conn.id,
+            "w1",
+            ClaimResult(succeeded=False, next_attempt_at=retry_at, error=f"unavailable: {n}"),
         )
 
 
@@ -51,7 +53,7 @@ async def test_a_success_clears_the_record(store: ConnectionStore, clock: FakeCl
     await fail_refresh(store, conn)
     await store.claim_connection(conn.id, "w1", lease=LEASE)
 
-    await store.finish_claim(conn.id, "w1", succeeded=True)
+    await store.finish_claim(conn.id, "w1", ClaimResult(succeeded=True))
 
     assert (await store.connection_health([conn.id]))[conn.id] == ConnectionHealth(conn.id)
 
@@ -122,7 +124,7 @@ async def test_needs_user_action_pages_are_full_and_walk_every_match_once(
         where = ConnectionFilter(user_id=by_user, needs_user_action=True)
         pages: list[list[UUID]] = []
         after = None
-        while page := await store.list_connections(where, after=after, limit=3):
+        while page := await store.list_connections(where, Page(after=after, limit=3)):
             pages.append([c.id for c in page])
             after = page[-1].id
 

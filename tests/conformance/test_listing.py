@@ -8,7 +8,7 @@ import pytest
 from linkvault.domain import ConnectionStatus, ProviderConnection
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import ConnectionFilter
+from linkvault.stores.common import ConnectionFilter, Page
 from linkvault.testing import FakeClock
 from tests.factories import PLAID, SCHWAB, make, saved
 
@@ -21,7 +21,7 @@ async def test_pages_walk_every_connection_once_in_id_order(
     seen: list[UUID] = []
     after = None
     while True:
-        page = await store.list_connections(after=after, limit=5)
+        page = await store.list_connections(page=Page(after=after, limit=5))
         if not page:
             break
         assert len(page) <= 5
@@ -65,4 +65,4 @@ async def test_filters_combine(store: ConnectionStore, clock: FakeClock) -> None
 @pytest.mark.parametrize("limit", [0, -1, 1001, True])
 async def test_a_bad_page_size_is_refused(store: ConnectionStore, limit: int) -> None:
     with pytest.raises(InvalidArgumentError):
-        await store.list_connections(limit=limit)
+        await store.list_connections(page=Page(limit=limit))

@@ -12,7 +12,7 @@ import pytest
 from linkvault.domain import ConnectionStatus, uuid7
 from linkvault.stores import ConnectionStore
 from linkvault.testing import FakeClock
-from linkvault.webhooks import Delivery, DeliveryStatus, WebhookEndpoint
+from linkvault.webhooks import Delivery, DeliveryResult, DeliveryStatus, WebhookEndpoint
 from tests.factories import feed_shows, make, refresh_failed, saved
 
 LEASE = timedelta(seconds=30)
@@ -148,11 +148,7 @@ async def test_only_the_head_of_each_connection_s_chain_is_claimed_and_leases_ex
     done = await store.finish_delivery(
         head_a.id,
         "w1",
-        status=DeliveryStatus.DELIVERED,
-        attempts=0,
-        next_attempt_at=None,
-        status_code=204,
-        error=None,
+        DeliveryResult(DeliveryStatus.DELIVERED, 0, status_code=204),
     )
     assert done
     second = await store.claim_deliveries("w2", lease=LEASE, limit=10)
@@ -165,11 +161,7 @@ async def test_only_the_head_of_each_connection_s_chain_is_claimed_and_leases_ex
     assert not await store.finish_delivery(
         late.id,
         "w1",
-        status=DeliveryStatus.DELIVERED,
-        attempts=0,
-        next_attempt_at=None,
-        status_code=200,
-        error=None,
+        DeliveryResult(DeliveryStatus.DELIVERED, 0, status_code=200),
     )
 
 
@@ -185,17 +177,26 @@ async def test_failed_attempts_are_recorded_retried_when_due_and_a_give_up_disab
 
     retry_at = clock.now + timedelta(seconds=5)
     await store.finish_delivery(
-        d.id, "w1", status=DeliveryStatus.PENDING, attempts=1, next_attempt_at=retry_at,
-        status_code=500, error="HTTP 500",
-    )  # fmt: skip
+        d.id,
+        "w1",
+        DeliveryResult(
+            DeliveryStatus.PENDING, 1, next_attempt_at=retry_at, status_code=500, error="HTTP 500"
+        ),
+    )
     assert await store.claim_deliveries("w1", lease=LEASE, limit=10) == []  # not due, and n+1 waits
     clock.advance(seconds=5)
     [again] = await store.claim_deliveries("w1", lease=LEASE, limit=10)
     assert (again.delivery.id, again.delivery.attempts) == (d.id, 1)
     await store.finish_delivery(
-        d.id, "w1", status=DeliveryStatus.FAILED, attempts=2, next_attempt_at=None,
-        status_code=None, error="ConnectError\x00: refused", disable_reason="gave up: refused",
-    )  # fmt: skip
+        d.id,
+        "w1",
+        DeliveryResult(
+            DeliveryStatus.FAILED,
+            2,
+            error="ConnectError\x00: refused",
+            disable_reason="gave up: refused",
+        ),
+    )
 
     after = await store.webhook_delivery(d.id)
     assert after is not None
@@ -234,9 +235,10 @@ async def test_a_given_up_head_lets_the_next_sequence_go(
     await fan_out_all(store, conn.id)
     [head] = await store.claim_deliveries("w1", lease=LEASE, limit=10)
     await store.finish_delivery(
-        head.delivery.id, "w1", status=DeliveryStatus.FAILED, attempts=30,
-        next_attempt_at=None, status_code=500, error="HTTP 500",
-    )  # fmt: skip
+        head.delivery.id,
+        "w1",
+        DeliveryResult(DeliveryStatus.FAILED, 30, status_code=500, error="HTTP 500"),
+    )
 
     [nxt] = await store.claim_deliveries("w1", lease=LEASE, limit=10)
 

@@ -17,6 +17,7 @@ import pytest
 
 from linkvault.domain import CredentialType, ProviderConnection, ProviderCredentials
 from linkvault.stores import open_store
+from linkvault.stores.common import ClaimResult
 from tests.support import LINKVAULT, clean_env, run_cli
 
 SCHWAB = UUID("4260d0e7-ea6e-4625-9003-c05ef76b88eb")
@@ -46,7 +47,7 @@ async def failed_refreshes(url: str, conn: ProviderConnection, error: str, times
     async with await open_store(url) as store:
         for _ in range(times):
             assert await store.claim_connection(conn.id, "test", lease=LEASE) is not None
-            await store.finish_claim(conn.id, "test", succeeded=False, error=error)
+            await store.finish_claim(conn.id, "test", ClaimResult(succeeded=False, error=error))
 
 
 def cli_json(*args: str, cwd: Path) -> Any:

@@ -21,6 +21,7 @@ from linkvault.credentials import (
 from linkvault.crypto import AesGcmCipher, Key, KeyRing, generate_key, load_key_file, parse_keys
 from linkvault.domain import ProviderConnection
 from linkvault.stores import open_store
+from linkvault.stores.common import Page
 
 ENTRY = re.compile(r"[A-Za-z0-9_.-]{1,32}:[A-Za-z0-9_-]{43}")
 TOKEN = "at-CLICANARY-0123456789abcdef"
@@ -83,7 +84,7 @@ async def seed(url: str, ring: KeyRing, count: int) -> dict[UUID, CredentialPayl
 async def opened(url: str, ring: KeyRing) -> dict[UUID, CredentialPayload]:
     cipher = AesGcmCipher(ring)
     async with await open_store(url) as store:
-        rows = await store.list_connections(None, limit=1000)
+        rows = await store.list_connections(None, Page(limit=1000))
     return {
         r.id: open_credentials(r.credentials, connection_id=r.id, cipher=cipher)
         for r in rows

@@ -43,7 +43,7 @@ from linkvault.services.rotation import (
     rotate,
 )
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import PendingAuthorization
+from linkvault.stores.common import ClaimResult, Page, PendingAuthorization
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
 
@@ -112,7 +112,7 @@ async def all_rows(store: ConnectionStore) -> list[ProviderConnection]:
     rows: list[ProviderConnection] = []
     cursor: UUID | None = None
     while True:
-        page = await store.list_connections(None, after=cursor, limit=1000)
+        page = await store.list_connections(None, Page(after=cursor, limit=1000))
         if not page:
             return rows
         rows += page
@@ -455,7 +455,7 @@ async def refresh_writer(
         except StaleConnectionError:
             log.stale += 1
         finally:
-            await store.finish_claim(conn.id, "refresher", succeeded=True)
+            await store.finish_claim(conn.id, "refresher", ClaimResult(succeeded=True))
 
 
 PROCESS_WRITER = """

@@ -35,7 +35,7 @@ from linkvault.services.health import HealthReport, assess
 from linkvault.services.refresh import Outcome, RefreshWorker
 from linkvault.services.retry import STALE_ATTEMPTS, save_with_retry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, ConnectionFilter
+from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, ConnectionFilter, Page
 
 __all__ = ["ConnectionPage", "ConnectionService", "Refreshed", "provider_of"]
 
@@ -129,7 +129,7 @@ class ConnectionService:
         where = ConnectionFilter(
             user_id, provider_id, status, expiring_before, needs_user_action, self.max_attempts
         )
-        rows = await self.store.list_connections(where, after=after, limit=limit + 1)
+        rows = await self.store.list_connections(where, Page(after, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
         health = await self.health_of(rows)

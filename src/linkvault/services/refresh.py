@@ -51,7 +51,14 @@ from linkvault.providers import AuthStyle, Provider, ProviderRegistry
 from linkvault.services.limits import AdaptiveLimit
 from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import DEFAULT_MAX_ATTEMPTS, Claim, LostAttempt
+from linkvault.stores.common import (
+    DEFAULT_MAX_ATTEMPTS,
+    Claim,
+    ClaimRequest,
+    ClaimResult,
+    LostAttempt,
+    Refreshed,
+)
 
 log = logging.getLogger("linkvault.refresher")
 
@@ -392,14 +399,9 @@ class RefreshWorker:
 
     async def _claim(self, limit: int) -> list[Claim]:
         p = self.policy
-        claims = await self.store.claim_due(
-            self.owner,
-            horizon=p.horizon,
-            lease=p.lease,
-            limit=limit,
-            max_failures=p.max_attempts,
-            paused=sorted(await self._open_circuits() | self._saturated()),
-        )
+        paused = sorted(await self._open_circuits() | self._saturated())
+        request = ClaimRequest(p.horizon, p.lease, limit, p.max_attempts, paused)
+        claims = await self.store.claim_due(self.owner, request)
         if claims:
             self.metrics.claimed += len(claims)
             self.metrics.batches += 1
@@ -554,14 +556,13 @@ class RefreshWorker:
             if claim.failures
             else None
         )
-        saved = await self.store.complete_refresh(
-            conn.id,
-            self.owner,
+        refreshed = Refreshed(
             started_from=conn.credentials.encrypted_data,
             credentials=sealed,
             next_refresh_at=self.policy.next_refresh(now, sealed.expires_at, self.rng),
             events=() if recovered is None else (recovered,),
         )
+        saved = await self.store.complete_refresh(conn.id, self.owner, refreshed)
         if provider.slug in self._failing:
             self._failing.discard(provider.slug)
             if await self.store.close_circuit(provider.slug):
@@ -733,14 +734,9 @@ class RefreshWorker:
                 wait = max(wait, timedelta(seconds=min(retry_after, 86_400)))
             next_attempt_at = now + wait
             error = f"{outcome.value}: {reason}"[:500]
-        await self.store.finish_claim(
-            conn.id,
-            self.owner,
-            succeeded=succeeded,
-            next_attempt_at=next_attempt_at,
-            error=error,
-            events=_failure_events(claim, outcome, then, now, next_attempt_at, error),
-        )
+        events = _failure_events(claim, outcome, then, now, next_attempt_at, error)
+        result = ClaimResult(succeeded, next_attempt_at, error, events)
+        await self.store.finish_claim(conn.id, self.owner, result)
         return outcome
 
 

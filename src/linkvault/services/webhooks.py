@@ -36,6 +36,7 @@ from linkvault.webhooks import (
     Delivery,
     DeliveryAttempt,
     DeliveryClaim,
+    DeliveryResult,
     DeliveryStatus,
     WebhookEndpoint,
     check_url,
@@ -256,10 +257,8 @@ class WebhookDispatcher:
                 log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
             else:
                 status, next_at, reason = DeliveryStatus.PENDING, self._clock() + delay, None
-        finished = await self.store.finish_delivery(
-            d.id, self.owner, status=status, attempts=attempts, next_attempt_at=next_at,
-            status_code=code, error=error, disable_reason=reason,
-        )  # fmt: skip
+        result = DeliveryResult(status, attempts, next_at, code, error, reason)
+        finished = await self.store.finish_delivery(d.id, self.owner, result)
         if not finished:
             log.info("webhook delivery %s: lease lost, another worker retries it", d.id)
 

@@ -11,23 +11,28 @@ from typing import Protocol, Self
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, utc_now
+from linkvault.domain import Clock, ProviderConnection, utc_now
 from linkvault.errors import InvalidArgumentError
 from linkvault.events import ConnectionEvent
 from linkvault.ports import EventLog, ProviderConnectionRepository
 from linkvault.stores.common import (
+    FIRST_PAGE,
     CircuitCount,
     Claim,
+    ClaimRequest,
+    ClaimResult,
     ConnectionFilter,
     ConnectionHealth,
+    Page,
     PendingAuthorization,
     RefreshBacklog,
+    Refreshed,
 )
 from linkvault.webhooks import (
     Delivery,
     DeliveryAttempt,
     DeliveryClaim,
-    DeliveryStatus,
+    DeliveryResult,
     WebhookEndpoint,
 )
 
@@ -40,27 +45,14 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     def transaction(self) -> AbstractAsyncContextManager[ConnectionStore]: ...
 
     async def list_connections(
-        self,
-        where: ConnectionFilter | None = None,
-        *,
-        after: UUID | None = None,
-        limit: int = 100,
+        self, where: ConnectionFilter | None = None, page: Page = FIRST_PAGE
     ) -> list[ProviderConnection]: ...
 
     async def connection_health(
         self, connection_ids: Sequence[UUID]
     ) -> dict[UUID, ConnectionHealth]: ...
 
-    async def claim_due(
-        self,
-        owner: str,
-        *,
-        horizon: timedelta,
-        lease: timedelta,
-        limit: int,
-        max_failures: int,
-        paused: Sequence[str] = (),
-    ) -> list[Claim]: ...
+    async def claim_due(self, owner: str, request: ClaimRequest) -> list[Claim]: ...
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
@@ -79,14 +71,7 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool: ...
 
     async def complete_refresh(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        started_from: bytes,
-        credentials: ProviderCredentials,
-        next_refresh_at: datetime | None,
-        events: Sequence[ConnectionEvent] = (),
+        self, connection_id: UUID, owner: str, refreshed: Refreshed
     ) -> bool: ...
 
     async def record_lost(
@@ -94,14 +79,7 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     ) -> bool: ...
 
     async def finish_claim(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        succeeded: bool,
-        next_attempt_at: datetime | None = None,
-        error: str | None = None,
-        events: Sequence[ConnectionEvent] = (),
+        self, connection_id: UUID, owner: str, result: ClaimResult
     ) -> int | None: ...
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None: ...
@@ -165,16 +143,7 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
     ) -> list[DeliveryClaim]: ...
 
     async def finish_delivery(
-        self,
-        delivery_id: UUID,
-        owner: str,
-        *,
-        status: DeliveryStatus,
-        attempts: int,
-        next_attempt_at: datetime | None,
-        status_code: int | None,
-        error: str | None,
-        disable_reason: str | None = None,
+        self, delivery_id: UUID, owner: str, result: DeliveryResult
     ) -> bool: ...
 
     async def webhook_deliveries(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
-from linkvault.domain import ConnectionStatus, ProviderConnection, uuid7
+from linkvault.domain import ConnectionStatus, ProviderConnection, ProviderCredentials, uuid7
 from linkvault.errors import InvalidArgumentError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
 
@@ -121,6 +121,20 @@ def check_limit(limit: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """Which page of a listing in id order: the one after the cursor `after`, `limit` long."""
+
+    after: UUID | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        check_limit(self.limit)
+
+
+FIRST_PAGE = Page()
+
+
+@dataclass(frozen=True, slots=True)
 class LostAttempt:
     """A refresh request sent earlier whose answer never came back.
 
@@ -141,6 +155,53 @@ class Claim:
     connection: ProviderConnection
     failures: int
     lost: LostAttempt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Which due connections a refresh worker leases with claim_due, and for how long.
+
+    Due: ACTIVE, refreshable, expiring within `horizon`, fewer than `max_failures` failures in
+    a row, and not at a `paused` provider (an open circuit). At most `limit`, each leased for
+    `lease`.
+    """
+
+    horizon: timedelta
+    lease: timedelta
+    limit: int
+    max_failures: int
+    paused: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        check_limit(self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """New credentials for a leased connection, stored with complete_refresh.
+
+    They apply only while the row still holds the grant `started_from` (its sealed blob);
+    `next_refresh_at` is when the connection is due again, `events` are logged with them.
+    """
+
+    started_from: bytes = field(repr=False)
+    credentials: ProviderCredentials
+    next_refresh_at: datetime | None
+    events: Sequence[ConnectionEvent] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """How a refresh worker's lease ended, recorded with finish_claim.
+
+    A success clears the failure count, a failure adds one; `next_attempt_at` is the next try
+    (None: due again by expiry), `error` what went wrong, `events` are logged with it.
+    """
+
+    succeeded: bool
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    events: Sequence[ConnectionEvent] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,16 +345,17 @@ def stored_event(
     tx: str,
 ) -> StoredEvent:
     """An event read back from a store's log."""
+    # The arguments are the event's fields, in their order.
     event = ConnectionEvent(
-        type=EventType(type),
-        connection_id=connection_id,
-        user_id=user_id,
-        provider_slug=provider_slug,
-        occurred_at=occurred_at,
-        from_status=from_status,
-        to_status=to_status,
-        reason=reason,
-        data=json.loads(data),
+        EventType(type),
+        connection_id,
+        user_id,
+        provider_slug,
+        occurred_at,
+        from_status,
+        to_status,
+        reason,
+        json.loads(data),
     )
     return StoredEvent(id, int(position), int(seq), event, f"{tx}.{int(position)}")
 

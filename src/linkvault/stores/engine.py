@@ -1,7 +1,8 @@
 """One store engine: every repository method written once, over a dialect's primitives.
 
-A dialect (postgres.py, sqlite.py) supplies the driver calls, its named queries, the
-conversion of values to parameters and of columns to values, transactions and migrations.
+A dialect (postgres.py, sqlite.py) supplies its name (which picks its named queries), the
+driver calls, the conversion of values to parameters and of columns to values, transactions
+and migrations.
 A primitive returns the dialect's call itself, not a coroutine of its own: the engine adds
 no await to a call.
 """
@@ -15,20 +16,26 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
-from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, uuid7
+from linkvault.domain import Clock, ProviderConnection, uuid7
 from linkvault.errors import NotFoundError, SchemaError, StaleConnectionError
 from linkvault.events import ConnectionEvent, EventType, StoredEvent
+from linkvault.stores import queries
 from linkvault.stores.common import (
+    FIRST_PAGE,
     LAPSED_KEPT,
     MAX_CIRCUIT_ERROR,
     CircuitCount,
     Claim,
+    ClaimRequest,
+    ClaimResult,
     ClosingOnExit,
     ConnectionFilter,
     ConnectionHealth,
     EventRow,
+    Page,
     PendingAuthorization,
     RefreshBacklog,
+    Refreshed,
     check_limit,
     check_max_attempts,
     check_minutes,
@@ -46,6 +53,7 @@ from linkvault.webhooks import (
     Delivery,
     DeliveryAttempt,
     DeliveryClaim,
+    DeliveryResult,
     DeliveryStatus,
     WebhookEndpoint,
     event_matches,
@@ -66,8 +74,13 @@ class StoreEngine(ClosingOnExit):
     """The repository methods over a dialect: subclasses supply the primitives below."""
 
     _dialect: str
+    # The dialect's named queries (sql/<dialect>.sql), loaded once for each dialect class.
     _q: Mapping[str, str]
     _clock: Clock
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._q = queries.load(cls._dialect)
 
     # --- what a dialect supplies ---------------------------------------------
 
@@ -245,21 +258,17 @@ class StoreEngine(ClosingOnExit):
     # --- beyond the port -----------------------------------------------------
 
     async def list_connections(
-        self,
-        where: ConnectionFilter | None = None,
-        *,
-        after: UUID | None = None,
-        limit: int = 100,
+        self, where: ConnectionFilter | None = None, page: Page = FIRST_PAGE
     ) -> list[ProviderConnection]:
-        """One page of connections in id order, after the cursor `after`."""
+        """One page of connections matching `where`, in id order (one query)."""
         f = where or ConnectionFilter()
         args = (
             self._maybe_key(f.user_id),
             self._maybe_key(f.provider_id),
             f.status.value if f.status else None,
             self._time(f.expiring_before),
-            self._maybe_key(after),
-            check_limit(limit),
+            self._maybe_key(page.after),
+            page.limit,
             f.needs_user_action,
             check_max_attempts(f.max_attempts),
         )
@@ -281,24 +290,13 @@ class StoreEngine(ClosingOnExit):
             for r in rows
         }
 
-    async def claim_due(
-        self,
-        owner: str,
-        *,
-        horizon: timedelta,
-        lease: timedelta,
-        limit: int,
-        max_failures: int,
-        paused: Sequence[str] = (),
-    ) -> list[Claim]:
-        """Lease up to `limit` due connections: lost attempts first, then by expiry.
-
-        Connections of the `paused` providers (an open circuit) are left alone.
-        """
-        now, owner, limit = self._clock(), check_owner(owner), check_limit(limit)
-        at, until, skip = self._time(now), self._time(now + lease), self._list(paused)
+    async def claim_due(self, owner: str, request: ClaimRequest) -> list[Claim]:
+        """Lease the connections `request` asks for: lost attempts first, then by expiry."""
+        now, owner, limit = self._clock(), check_owner(owner), request.limit
+        at, until = self._time(now), self._time(now + request.lease)
+        max_failures, skip = request.max_failures, self._list(request.paused)
         lost_args = (at, max_failures, limit, owner, until, skip)
-        due_query, due_by = self._q["claim_due"], self._time(now + horizon)
+        due_query, due_by = self._q["claim_due"], self._time(now + request.horizon)
 
         def due(remaining: int) -> Statement:
             return due_query, (due_by, at, max_failures, remaining, owner, until, skip)
@@ -344,30 +342,23 @@ class StoreEngine(ClosingOnExit):
         args = (self._key(connection_id), owner, self._time(now), self._time(now + lease))
         return await self._value("extend_lease", *args) is not None
 
-    async def complete_refresh(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        started_from: bytes,
-        credentials: ProviderCredentials,
-        next_refresh_at: datetime | None,
-        events: Sequence[ConnectionEvent] = (),
-    ) -> bool:
-        """Store refreshed credentials and close the lease in one statement, with `events`.
+    async def complete_refresh(self, connection_id: UUID, owner: str, refreshed: Refreshed) -> bool:
+        """Store refreshed credentials and close the lease in one statement, with their events.
 
-        Applied only while the row still holds the grant `started_from`; False otherwise.
+        False when the row no longer holds the grant they were refreshed from.
         """
+        new = refreshed.credentials
         args = (
             self._key(connection_id),
             owner,
-            started_from,
-            credentials.encrypted_data,
-            self._time(credentials.expires_at),
+            refreshed.started_from,
+            new.encrypted_data,
+            self._time(new.expires_at),
             self._time(self._clock()),
-            self._time(next_refresh_at),
+            self._time(refreshed.next_refresh_at),
         )
-        return await self._change("complete_refresh", "complete_refresh", args, events) is not None
+        value = await self._change("complete_refresh", "complete_refresh", args, refreshed.events)
+        return value is not None
 
     async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
         """A request whose answer never came: keep its record, hand the row back for a replay."""
@@ -375,20 +366,13 @@ class StoreEngine(ClosingOnExit):
         return await self._value("record_lost", *args) is not None
 
     async def finish_claim(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        succeeded: bool,
-        next_attempt_at: datetime | None = None,
-        error: str | None = None,
-        events: Sequence[ConnectionEvent] = (),
+        self, connection_id: UUID, owner: str, result: ClaimResult
     ) -> int | None:
-        """Close a lease `owner` still holds, with `events`; the failure count after it, or
-        None if the lease was lost (and no event is kept)."""
-        key, next_at = self._key(connection_id), self._time(next_attempt_at)
-        args = (key, owner, succeeded, next_at, error)
-        value = await self._change("finish_claim", "finish_claim", args, events)
+        """Close a lease `owner` still holds, logging the result's events (one statement);
+        the failure count after it, or None if the lease was lost (and no event is kept)."""
+        key, next_at = self._key(connection_id), self._time(result.next_attempt_at)
+        args = (key, owner, result.succeeded, next_at, result.error)
+        value = await self._change("finish_claim", "finish_claim", args, result.events)
         return None if value is None else int(value)
 
     async def release_claims(self, connection_ids: Sequence[UUID], owner: str) -> None:
@@ -623,48 +607,25 @@ class StoreEngine(ClosingOnExit):
             DeliveryClaim(d, endpoints[d.endpoint_id]) for d in claims if d.endpoint_id in endpoints
         ]
 
-    async def finish_delivery(
-        self,
-        delivery_id: UUID,
-        owner: str,
-        *,
-        status: DeliveryStatus,
-        attempts: int,
-        next_attempt_at: datetime | None,
-        status_code: int | None,
-        error: str | None,
-        disable_reason: str | None = None,
-    ) -> bool:
-        """Record an attempt and its outcome while `owner` holds the lease; with
-        `disable_reason`, disable the endpoint too. False when the lease was lost."""
+    async def finish_delivery(self, delivery_id: UUID, owner: str, result: DeliveryResult) -> bool:
+        """Record an attempt and its result while `owner` holds the lease, in one transaction
+        (with a `disable_reason`, the endpoint is disabled too); False when the lease was lost."""
         async with self.transaction() as tx:
-            done: bool = await tx._finish_delivery(
-                delivery_id, owner, status, attempts, next_attempt_at, status_code,
-                safe_error(error), disable_reason,
-            )  # fmt: skip
+            done: bool = await tx._finish_delivery(delivery_id, owner, result)
             return done
 
-    async def _finish_delivery(
-        self,
-        delivery_id: UUID,
-        owner: str,
-        status: DeliveryStatus,
-        attempts: int,
-        next_attempt_at: datetime | None,
-        status_code: int | None,
-        error: str | None,
-        disable_reason: str | None,
-    ) -> bool:
+    async def _finish_delivery(self, delivery_id: UUID, owner: str, result: DeliveryResult) -> bool:
+        r, error = result, safe_error(result.error)
         key, time, now = self._key, self._time, self._clock()
-        args = (key(delivery_id), owner, status.value, attempts, time(next_attempt_at),
-                status_code, error, time(now))  # fmt: skip
+        args = (key(delivery_id), owner, r.status.value, r.attempts, time(r.next_attempt_at),
+                r.status_code, error, time(now))  # fmt: skip
         endpoint = await self._value("webhook_finish", *args)
         if endpoint is None:
             return False
-        attempt = (key(uuid7()), key(delivery_id), time(now), status_code, error)
+        attempt = (key(uuid7()), key(delivery_id), time(now), r.status_code, error)
         await self._execute("finish_delivery", self._q["webhook_insert_attempt"], attempt)
-        if disable_reason is not None:
-            await self.set_webhook_endpoint_enabled(self._uuid(endpoint), False, disable_reason)
+        if r.disable_reason is not None:
+            await self.set_webhook_endpoint_enabled(self._uuid(endpoint), False, r.disable_reason)
         return True
 
     async def webhook_deliveries(self, endpoint_id: UUID, *, limit: int = 100) -> list[Delivery]:

@@ -8,50 +8,16 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
 
-from linkvault.domain import (
-    Clock,
-    ConnectionStatus,
-    ProviderConnection,
-    ProviderCredentials,
-    utc_now,
-    uuid7,
-)
+from linkvault import webhooks
+from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_now, uuid7
 from linkvault.errors import ConstraintViolationError, NotFoundError, StaleConnectionError
 from linkvault.events import ConnectionEvent, StoredEvent
-from linkvault.stores.common import (
-    LAPSED_KEPT,
-    MAX_CIRCUIT_ERROR,
-    USER_ACTION_STATUSES,
-    CircuitCount,
-    Claim,
-    ClosingOnExit,
-    ConnectionFilter,
-    ConnectionHealth,
-    PendingAuthorization,
-    RefreshBacklog,
-    check_limit,
-    check_max_attempts,
-    check_minutes,
-    check_owner,
-    check_sequence,
-    created_event,
-    deleted_event,
-    event_rows,
-    lost_attempt,
-    parse_cursor,
-    stored_event,
-)
-from linkvault.webhooks import (
-    Delivery,
-    DeliveryAttempt,
-    DeliveryClaim,
-    DeliveryStatus,
-    WebhookEndpoint,
-    event_matches,
-    safe_error,
-)
+from linkvault.stores import common
+
+T = TypeVar("T")
 
 
 def _copy(connection: ProviderConnection) -> ProviderConnection:
@@ -76,19 +42,21 @@ class _Schedule:
     def clear_attempt(self) -> None:
         self.attempt_at = self.fingerprint = self.lost_how = None
 
-    def claim(self, c: ProviderConnection, owner: str, until: datetime) -> Claim:
+    def claim(self, c: ProviderConnection, owner: str, until: datetime) -> common.Claim:
         self.owner, self.until = owner, until
-        return Claim(
-            _copy(c), self.failures, lost_attempt(self.attempt_at, self.fingerprint, self.lost_how)
+        return common.Claim(
+            _copy(c),
+            self.failures,
+            common.lost_attempt(self.attempt_at, self.fingerprint, self.lost_how),
         )
 
 
 @dataclasses.dataclass(slots=True)
 class _Webhooks:
-    endpoints: dict[UUID, WebhookEndpoint] = dataclasses.field(default_factory=dict)
-    deliveries: dict[UUID, Delivery] = dataclasses.field(default_factory=dict)
+    endpoints: dict[UUID, webhooks.WebhookEndpoint] = dataclasses.field(default_factory=dict)
+    deliveries: dict[UUID, webhooks.Delivery] = dataclasses.field(default_factory=dict)
     leases: dict[UUID, tuple[str, datetime]] = dataclasses.field(default_factory=dict)
-    attempts: list[DeliveryAttempt] = dataclasses.field(default_factory=list)
+    attempts: list[webhooks.DeliveryAttempt] = dataclasses.field(default_factory=list)
     cursor: str | None = None
 
 
@@ -119,13 +87,13 @@ def _ordered(rows: list[ProviderConnection]) -> list[ProviderConnection]:
     return sorted(rows, key=lambda c: (c.created_at, c.id))
 
 
-class InMemoryConnectionRepository(ClosingOnExit):
+class InMemoryConnectionRepository(common.ClosingOnExit):
     """The repository port in a dict: same semantics as the database stores, no I/O."""
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._rows: dict[UUID, ProviderConnection] = {}
         self._schedules: dict[UUID, _Schedule] = {}
-        self._states: dict[bytes, PendingAuthorization] = {}
+        self._states: dict[bytes, common.PendingAuthorization] = {}
         self._circuits: dict[str, _Circuit] = {}
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -174,11 +142,17 @@ class InMemoryConnectionRepository(ClosingOnExit):
             self._log, self._seqs = staged._log, staged._seqs
             self._warned = staged._warned
 
+    async def _exclusive(self, work: Callable[[], T]) -> T:
+        """Run `work` holding the store's lock (a transaction already holds it)."""
+        if self._in_transaction:
+            return work()
+        async with self._lock:
+            return work()
+
     async def _read(self, pick: Callable[[ProviderConnection], bool]) -> list[ProviderConnection]:
-        if not self._in_transaction:
-            async with self._lock:
-                return _ordered([_copy(c) for c in self._rows.values() if pick(c)])
-        return _ordered([_copy(c) for c in self._rows.values() if pick(c)])
+        return await self._exclusive(
+            lambda: _ordered([_copy(c) for c in self._rows.values() if pick(c)])
+        )
 
     async def find_by_id(self, connection_id: UUID) -> ProviderConnection | None:
         found = await self._read(lambda c: c.id == connection_id)
@@ -198,7 +172,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         )
 
     async def find_expiring_soon(self, minutes: int = 30) -> list[ProviderConnection]:
-        horizon = self._clock() + timedelta(minutes=check_minutes(minutes))
+        horizon = self._clock() + timedelta(minutes=common.check_minutes(minutes))
 
         def due(c: ProviderConnection) -> bool:
             return (
@@ -212,11 +186,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         return sorted(rows, key=lambda c: (c.credentials.expires_at, c.id))  # type: ignore[union-attr]
 
     async def save(self, connection: ProviderConnection) -> None:
-        if self._in_transaction:
-            self._save(connection)
-            return
-        async with self._lock:
-            self._save(connection)
+        await self._exclusive(lambda: self._save(connection))
 
     def _save(self, connection: ProviderConnection) -> None:
         stored = self._rows.get(connection.id)
@@ -235,7 +205,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
             schedule.clear_attempt()
         self._rows[connection.id] = copy
         events = connection.pending_events()
-        self._append(copy, (created_event(copy), *events) if expected == 0 else events)
+        self._append(copy, (common.created_event(copy), *events) if expected == 0 else events)
         connection.version = expected + 1
         connection.events_saved()
 
@@ -244,11 +214,11 @@ class InMemoryConnectionRepository(ClosingOnExit):
     ) -> None:
         """Log events about `row` (its user and provider; `was`: an unset from status)."""
         seq = self._seqs.get(row.id, 0)
-        for eid, kind, from_status, to_status, reason, data, at in event_rows(events):
+        for eid, kind, from_status, to_status, reason, data, at in common.event_rows(events):
             seq += 1
             position = len(self._log) + 1
             self._log.append(
-                stored_event(
+                common.stored_event(
                     position, eid, row.id, row.user_id, row.provider_slug, seq, kind,
                     from_status or was, to_status, reason, data, at, "0",
                 )
@@ -256,36 +226,28 @@ class InMemoryConnectionRepository(ClosingOnExit):
         self._seqs[row.id] = seq
 
     async def delete(self, connection_id: UUID) -> None:
-        if self._in_transaction:
-            self._delete(connection_id)
-            return
-        async with self._lock:
-            self._delete(connection_id)
+        await self._exclusive(lambda: self._delete(connection_id))
 
     def _delete(self, connection_id: UUID) -> None:
         row = self._rows.pop(connection_id, None)
         if row is None:
             raise NotFoundError(connection_id)
-        gone = deleted_event(row.id, row.user_id, row.provider_slug, self._clock())
+        gone = common.deleted_event(row.id, row.user_id, row.provider_slug, self._clock())
         self._append(row, [gone], was=row.status.value)
         self._schedules.pop(connection_id, None)
         for key in [k for k, v in self._states.items() if v.connection_id == connection_id]:
             del self._states[key]
 
     async def list_connections(
-        self,
-        where: ConnectionFilter | None = None,
-        *,
-        after: UUID | None = None,
-        limit: int = 100,
+        self, where: common.ConnectionFilter | None = None, page: common.Page = common.FIRST_PAGE
     ) -> list[ProviderConnection]:
-        """One page of connections in id order, after the cursor `after`."""
-        f = where or ConnectionFilter()
-        size, attempts = check_limit(limit), check_max_attempts(f.max_attempts)
+        """One page of the connections matching `where`, in id order."""
+        f, after = where or common.ConnectionFilter(), page.after
+        attempts = common.check_max_attempts(f.max_attempts)
 
         def needs_user(c: ProviderConnection) -> bool:
             failures = self._schedules.get(c.id, _Schedule()).failures
-            return c.status in USER_ACTION_STATUSES or (
+            return c.status in common.USER_ACTION_STATUSES or (
                 c.status is ConnectionStatus.ACTIVE and failures >= attempts
             )
 
@@ -308,37 +270,24 @@ class InMemoryConnectionRepository(ClosingOnExit):
             )
 
         rows = await self._read(pick)
-        return sorted(rows, key=lambda c: c.id.bytes)[:size]
+        return sorted(rows, key=lambda c: c.id.bytes)[: page.limit]
 
     async def connection_health(
         self, connection_ids: Sequence[UUID]
-    ) -> dict[UUID, ConnectionHealth]:
+    ) -> dict[UUID, common.ConnectionHealth]:
         """The refresh worker's record of each connection that exists, by id."""
         wanted = set(connection_ids)
         async with self._lock:
             found = {}
             for i in wanted & self._rows.keys():
                 s = self._schedules.get(i, _Schedule())
-                found[i] = ConnectionHealth(i, s.failures, s.next_at, s.error)
+                found[i] = common.ConnectionHealth(i, s.failures, s.next_at, s.error)
             return found
 
-    async def claim_due(
-        self,
-        owner: str,
-        *,
-        horizon: timedelta,
-        lease: timedelta,
-        limit: int,
-        max_failures: int,
-        paused: Sequence[str] = (),
-    ) -> list[Claim]:
-        """Lease up to `limit` due connections: lost attempts first, then by expiry.
-
-        Connections of the `paused` providers (an open circuit) are left alone.
-        """
-        check_owner(owner)
-        check_limit(limit)
-        skip = set(paused)
+    async def claim_due(self, owner: str, request: common.ClaimRequest) -> list[common.Claim]:
+        """Lease the connections `request` asks for: lost attempts first, then by expiry."""
+        common.check_owner(owner)
+        limit, skip = request.limit, set(request.paused)
         async with self._lock:
             now = self._clock()
             lost, due = [], []
@@ -346,12 +295,12 @@ class InMemoryConnectionRepository(ClosingOnExit):
                 s = self._schedules.setdefault(c.id, _Schedule())
                 if (
                     s.leased_at(now)
-                    or s.failures >= max_failures
+                    or s.failures >= request.max_failures
                     or c.provider_slug in skip
                     or c.status is not ConnectionStatus.ACTIVE
                 ):
                     continue
-                expiry = _due_expiry(c, now + horizon)
+                expiry = _due_expiry(c, now + request.horizon)
                 if s.attempt_at is not None and s.lost_how is not None:
                     lost.append((s.attempt_at, c))
                 elif expiry is not None and (s.next_at is None or s.next_at <= now):
@@ -359,13 +308,14 @@ class InMemoryConnectionRepository(ClosingOnExit):
             lost.sort(key=lambda pair: pair[0])
             due.sort(key=lambda pair: pair[0])
             picked = [c for _, c in lost[:limit]] + [c for _, c in due[: limit - len(lost)]]
-            return [self._schedules[c.id].claim(c, owner, now + lease) for c in picked]
+            until = now + request.lease
+            return [self._schedules[c.id].claim(c, owner, until) for c in picked]
 
     async def claim_connection(
         self, connection_id: UUID, owner: str, *, lease: timedelta
-    ) -> Claim | None:
+    ) -> common.Claim | None:
         """Lease one ACTIVE connection now; None when absent, not active, or leased elsewhere."""
-        check_owner(owner)
+        common.check_owner(owner)
         async with self._lock:
             now = self._clock()
             c = self._rows.get(connection_id)
@@ -425,38 +375,29 @@ class InMemoryConnectionRepository(ClosingOnExit):
             return True
 
     async def complete_refresh(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        started_from: bytes,
-        credentials: ProviderCredentials,
-        next_refresh_at: datetime | None,
-        events: Sequence[ConnectionEvent] = (),
+        self, connection_id: UUID, owner: str, refreshed: common.Refreshed
     ) -> bool:
-        """Store refreshed credentials and close the lease in one step, with `events`.
-
-        Applied only while the row still holds the grant `started_from`; False otherwise.
-        """
+        """Store refreshed credentials and close the lease in one step, with their events;
+        False when the row no longer holds the grant they were refreshed from."""
         async with self._lock:
             c = self._rows.get(connection_id)
             if (
                 c is None
                 or c.status is not ConnectionStatus.ACTIVE
                 or c.credentials is None
-                or c.credentials.encrypted_data != started_from
+                or c.credentials.encrypted_data != refreshed.started_from
             ):
                 return False
             copy = _copy(c)
-            copy.update_credentials(credentials, now=self._clock())
+            copy.update_credentials(refreshed.credentials, now=self._clock())
             copy.version = c.version + 1
             self._rows[connection_id] = copy
             s = self._schedules.setdefault(connection_id, _Schedule())
             if s.owner == owner:
                 s.owner, s.until = None, None
-            s.failures, s.next_at, s.error = 0, next_refresh_at, None
+            s.failures, s.next_at, s.error = 0, refreshed.next_refresh_at, None
             s.clear_attempt()
-            self._append(copy, events)
+            self._append(copy, refreshed.events)
             return True
 
     async def record_lost(self, connection_id: UUID, owner: str, *, how: str, error: str) -> bool:
@@ -470,36 +411,26 @@ class InMemoryConnectionRepository(ClosingOnExit):
             return True
 
     async def finish_claim(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        succeeded: bool,
-        next_attempt_at: datetime | None = None,
-        error: str | None = None,
-        events: Sequence[ConnectionEvent] = (),
+        self, connection_id: UUID, owner: str, result: common.ClaimResult
     ) -> int | None:
-        """Close a lease `owner` still holds, with `events`; the failure count after it, or
-        None if the lease was lost (and no event is kept)."""
+        """Close a lease `owner` still holds, logging the result's events; the failure count
+        after it, or None if the lease was lost (and no event is kept)."""
         async with self._lock:
             s = self._held(connection_id, owner)
             if s is None:
                 return None
             s.owner, s.until = None, None
-            s.failures = 0 if succeeded else s.failures + 1
-            s.next_at, s.error = next_attempt_at, error
+            s.failures = 0 if result.succeeded else s.failures + 1
+            s.next_at, s.error = result.next_attempt_at, result.error
             s.clear_attempt()
-            self._append(self._rows[connection_id], events)
+            self._append(self._rows[connection_id], result.events)
             return s.failures
 
     # --- the event log -------------------------------------------------------
 
     async def append_events(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
         """Log events that change nothing else on the connection; False when it is gone."""
-        if self._in_transaction:
-            return self._append_to(connection_id, events)
-        async with self._lock:
-            return self._append_to(connection_id, events)
+        return await self._exclusive(lambda: self._append_to(connection_id, events))
 
     def _append_to(self, connection_id: UUID, events: Sequence[ConnectionEvent]) -> bool:
         row = self._rows.get(connection_id)
@@ -512,7 +443,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
     ) -> list[tuple[UUID, datetime]]:
         """ACTIVE connections at a provider that consented at or before `consented_by` and were
         not warned of that consent's end yet: (id, connected_at), oldest first."""
-        limit = check_limit(limit)
+        limit = common.check_limit(limit)
         async with self._lock:
             found = [
                 (c.connected_at, c.id)
@@ -547,7 +478,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         self, connection_id: UUID, *, after: int = 0, limit: int = 100
     ) -> list[StoredEvent]:
         """One connection's events in order, after its sequence number `after`."""
-        after, limit = check_sequence(after), check_limit(limit)
+        after, limit = common.check_sequence(after), common.check_limit(limit)
         found = [
             e for e in self._log if e.event.connection_id == connection_id and e.sequence > after
         ]
@@ -555,12 +486,12 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def read_events(self, after: str | None = None, *, limit: int = 100) -> list[StoredEvent]:
         """The log after the cursor `after` (None: from the start), oldest first."""
-        _, position = parse_cursor(after)
-        return self._log[position : position + check_limit(limit)]
+        _, position = common.parse_cursor(after)
+        return self._log[position : position + common.check_limit(limit)]
 
     # --- webhooks ------------------------------------------------------------
 
-    async def add_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+    async def add_webhook_endpoint(self, endpoint: webhooks.WebhookEndpoint) -> None:
         """Keep a new endpoint (enabled); its secret arrives sealed."""
         if endpoint.id in self._webhooks.endpoints:
             raise ConstraintViolationError("add_webhook_endpoint: the endpoint id is taken")
@@ -568,11 +499,11 @@ class InMemoryConnectionRepository(ClosingOnExit):
             endpoint, enabled=True, disabled_reason=None, updated_at=endpoint.created_at
         )
 
-    async def webhook_endpoints(self) -> list[WebhookEndpoint]:
+    async def webhook_endpoints(self) -> list[webhooks.WebhookEndpoint]:
         """Every endpoint, oldest first."""
         return sorted(self._webhooks.endpoints.values(), key=lambda e: (e.created_at, e.id))
 
-    async def webhook_endpoint(self, endpoint_id: UUID) -> WebhookEndpoint | None:
+    async def webhook_endpoint(self, endpoint_id: UUID) -> webhooks.WebhookEndpoint | None:
         return self._webhooks.endpoints.get(endpoint_id)
 
     async def delete_webhook_endpoint(self, endpoint_id: UUID) -> bool:
@@ -593,7 +524,10 @@ class InMemoryConnectionRepository(ClosingOnExit):
         if e is None:
             return False
         self._webhooks.endpoints[endpoint_id] = dataclasses.replace(
-            e, enabled=enabled, disabled_reason=safe_error(reason), updated_at=self._clock()
+            e,
+            enabled=enabled,
+            disabled_reason=webhooks.safe_error(reason),
+            updated_at=self._clock(),
         )
         return True
 
@@ -607,7 +541,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def fan_out_events(self, *, limit: int = 100) -> int:
         """Turn up to `limit` new events of the log into deliveries; how many events passed."""
-        limit = check_limit(limit)
+        limit = common.check_limit(limit)
         if self._in_transaction:
             return await self._fan_out(limit)
         async with self._lock:
@@ -624,12 +558,12 @@ class InMemoryConnectionRepository(ClosingOnExit):
             for ep in endpoints:
                 if (ep.id, stored.id) in taken or ep.created_at > ev.occurred_at:
                     continue
-                if event_matches(ep.event_types, ev.type):
+                if webhooks.event_matches(ep.event_types, ev.type):
                     body = json.dumps(stored.payload(), separators=(",", ":"))
-                    d = Delivery(
+                    d = webhooks.Delivery(
                         uuid7(), ep.id, stored.id, ev.type.value, ev.connection_id,
-                        stored.sequence, body, DeliveryStatus.PENDING, 0, now, None, None, now,
-                        None,
+                        stored.sequence, body, webhooks.DeliveryStatus.PENDING, 0, now, None,
+                        None, now, None,
                     )  # fmt: skip
                     w.deliveries[d.id] = d
         if events:
@@ -638,12 +572,12 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def claim_deliveries(
         self, owner: str, *, lease: timedelta, limit: int
-    ) -> list[DeliveryClaim]:
+    ) -> list[webhooks.DeliveryClaim]:
         """Lease due deliveries of enabled endpoints, the head of each connection's chain."""
-        owner, limit, now = check_owner(owner), check_limit(limit), self._clock()
+        owner, limit, now = common.check_owner(owner), common.check_limit(limit), self._clock()
         w = self._webhooks
-        pending = [d for d in w.deliveries.values() if d.status is DeliveryStatus.PENDING]
-        heads: dict[tuple[UUID, UUID], Delivery] = {}
+        pending = [d for d in w.deliveries.values() if d.status is webhooks.DeliveryStatus.PENDING]
+        heads: dict[tuple[UUID, UUID], webhooks.Delivery] = {}
         for d in pending:
             chain = (d.endpoint_id, d.connection_id)
             if chain not in heads or d.sequence < heads[chain].sequence:
@@ -660,51 +594,46 @@ class InMemoryConnectionRepository(ClosingOnExit):
         claims = []
         for d in due[:limit]:
             w.leases[d.id] = (owner, now + lease)
-            claims.append(DeliveryClaim(d, w.endpoints[d.endpoint_id]))
+            claims.append(webhooks.DeliveryClaim(d, w.endpoints[d.endpoint_id]))
         return claims
 
     async def finish_delivery(
-        self,
-        delivery_id: UUID,
-        owner: str,
-        *,
-        status: DeliveryStatus,
-        attempts: int,
-        next_attempt_at: datetime | None,
-        status_code: int | None,
-        error: str | None,
-        disable_reason: str | None = None,
+        self, delivery_id: UUID, owner: str, result: webhooks.DeliveryResult
     ) -> bool:
-        """Record an attempt and its outcome while `owner` holds the lease."""
-        w, now = self._webhooks, self._clock()
+        """Record an attempt and its result while `owner` holds the lease."""
+        w, now, r = self._webhooks, self._clock(), result
         d = w.deliveries.get(delivery_id)
         if d is None or w.leases.get(delivery_id, ("", now))[0] != owner:
             return False
         del w.leases[delivery_id]
-        error = safe_error(error)
+        error = webhooks.safe_error(r.error)
         w.deliveries[delivery_id] = dataclasses.replace(
             d,
-            status=status,
-            attempts=attempts,
-            next_attempt_at=next_attempt_at,
-            last_status_code=status_code,
+            status=r.status,
+            attempts=r.attempts,
+            next_attempt_at=r.next_attempt_at,
+            last_status_code=r.status_code,
             last_error=error,
-            delivered_at=now if status is DeliveryStatus.DELIVERED else d.delivered_at,
+            delivered_at=now if r.status is webhooks.DeliveryStatus.DELIVERED else d.delivered_at,
         )
-        w.attempts.append(DeliveryAttempt(uuid7(), delivery_id, now, status_code, error))
-        if disable_reason is not None:
-            await self.set_webhook_endpoint_enabled(d.endpoint_id, False, disable_reason)
+        w.attempts.append(webhooks.DeliveryAttempt(uuid7(), delivery_id, now, r.status_code, error))
+        if r.disable_reason is not None:
+            await self.set_webhook_endpoint_enabled(d.endpoint_id, False, r.disable_reason)
         return True
 
-    async def webhook_deliveries(self, endpoint_id: UUID, *, limit: int = 100) -> list[Delivery]:
+    async def webhook_deliveries(
+        self, endpoint_id: UUID, *, limit: int = 100
+    ) -> list[webhooks.Delivery]:
         """An endpoint's deliveries, newest first."""
         found = [d for d in self._webhooks.deliveries.values() if d.endpoint_id == endpoint_id]
-        return sorted(found, key=lambda d: d.id, reverse=True)[: check_limit(limit)]
+        return sorted(found, key=lambda d: d.id, reverse=True)[: common.check_limit(limit)]
 
-    async def webhook_delivery(self, delivery_id: UUID) -> Delivery | None:
+    async def webhook_delivery(self, delivery_id: UUID) -> webhooks.Delivery | None:
         return self._webhooks.deliveries.get(delivery_id)
 
-    async def delivery_attempts(self, delivery_ids: Sequence[UUID]) -> list[DeliveryAttempt]:
+    async def delivery_attempts(
+        self, delivery_ids: Sequence[UUID]
+    ) -> list[webhooks.DeliveryAttempt]:
         """The attempts of these deliveries, oldest first."""
         wanted = set(delivery_ids)
         found = [a for a in self._webhooks.attempts if a.delivery_id in wanted]
@@ -718,7 +647,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
             return False
         w.leases.pop(delivery_id, None)
         w.deliveries[delivery_id] = dataclasses.replace(
-            d, status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=self._clock()
+            d, status=webhooks.DeliveryStatus.PENDING, attempts=0, next_attempt_at=self._clock()
         )
         return True
 
@@ -732,7 +661,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def refresh_backlog(
         self, horizon: timedelta, *, max_failures: int | None = None
-    ) -> RefreshBacklog:
+    ) -> common.RefreshBacklog:
         """Due connections (below `max_failures` if given): all, unleased, and the oldest expiry."""
         async with self._lock:
             now = self._clock()
@@ -754,7 +683,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
                 unclaimed += 1
                 if c.credentials is not None and c.credentials.expires_at is not None:
                     expiries.append(c.credentials.expires_at)
-            return RefreshBacklog(due, unclaimed, min(expiries) if expiries else None)
+            return common.RefreshBacklog(due, unclaimed, min(expiries) if expiries else None)
 
     async def open_circuits(self) -> dict[str, datetime]:
         """Providers whose circuit is open now, and until when."""
@@ -768,15 +697,15 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def circuit_failure(
         self, provider_slug: str, *, window: timedelta, error: str
-    ) -> CircuitCount:
+    ) -> common.CircuitCount:
         """Count a failure at a provider (failures older than `window` start afresh)."""
         async with self._lock:
             now = self._clock()
             c = self._circuits.setdefault(provider_slug, _Circuit())
             stale = c.updated_at is None or c.updated_at < now - window
             c.failures = 1 if stale else c.failures + 1
-            c.error, c.updated_at = error[:MAX_CIRCUIT_ERROR], now
-            return CircuitCount(c.failures, c.opened, c.open_until)
+            c.error, c.updated_at = error[: common.MAX_CIRCUIT_ERROR], now
+            return common.CircuitCount(c.failures, c.opened, c.open_until)
 
     async def open_circuit(self, provider_slug: str, *, until: datetime, opened: int) -> bool:
         """Open a provider's circuit until `until`, unless another worker just did."""
@@ -801,7 +730,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
         self, prefix: bytes, *, after: UUID | None = None, limit: int = 500
     ) -> list[ProviderConnection]:
         """Connections holding credentials whose blob does not start with `prefix`, in id order."""
-        size = check_limit(limit)
+        size = common.check_limit(limit)
         rows = await self._read(
             lambda c: (
                 c.credentials is not None
@@ -839,16 +768,12 @@ class InMemoryConnectionRepository(ClosingOnExit):
         )
         return len(rows)
 
-    async def put_state(self, pending: PendingAuthorization) -> None:
+    async def put_state(self, pending: common.PendingAuthorization) -> None:
         """Keep a pending authorization until its callback (or its expiry)."""
-        if self._in_transaction:
-            self._put_state(pending)
-            return
-        async with self._lock:
-            self._put_state(pending)
+        await self._exclusive(lambda: self._put_state(pending))
 
-    def _put_state(self, pending: PendingAuthorization) -> None:
-        kept_from = pending.created_at - LAPSED_KEPT
+    def _put_state(self, pending: common.PendingAuthorization) -> None:
+        kept_from = pending.created_at - common.LAPSED_KEPT
         for key in [k for k, v in self._states.items() if v.expires_at < kept_from]:
             del self._states[key]
         if pending.connection_id not in self._rows:
@@ -859,7 +784,7 @@ class InMemoryConnectionRepository(ClosingOnExit):
 
     async def lapsed_authorizations(self, *, limit: int = 100) -> list[UUID]:
         """PENDING connections whose every authorization expired unanswered."""
-        limit = check_limit(limit)
+        limit = common.check_limit(limit)
         async with self._lock:
             now = self._clock()
             live = {p.connection_id for p in self._states.values() if p.expires_at >= now}
@@ -872,12 +797,9 @@ class InMemoryConnectionRepository(ClosingOnExit):
             }
             return sorted(lapsed)[:limit]
 
-    async def take_state(self, state_hash: bytes) -> PendingAuthorization | None:
+    async def take_state(self, state_hash: bytes) -> common.PendingAuthorization | None:
         """Remove and return the pending authorization with this state hash (single use)."""
-        if self._in_transaction:
-            return self._states.pop(state_hash, None)
-        async with self._lock:
-            return self._states.pop(state_hash, None)
+        return await self._exclusive(lambda: self._states.pop(state_hash, None))
 
     async def migrate(self) -> list[int]:
         return []

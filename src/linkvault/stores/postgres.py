@@ -150,7 +150,6 @@ class PostgresConnectionRepository(StoreEngine):
     """The repository port on PostgreSQL, pooled; bound to one connection inside a transaction."""
 
     _dialect = "postgres"
-    _q = _Q
 
     def __init__(
         self,

@@ -29,14 +29,12 @@ from linkvault.errors import (
     LinkvaultError,
     SchemaError,
 )
-from linkvault.stores import queries
 from linkvault.stores.common import EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
 T = TypeVar("T")
 
-_Q = queries.load("sqlite")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -203,7 +201,6 @@ class SqliteConnectionRepository(StoreEngine):
     """The repository port on a SQLite file; bound to one connection inside a transaction."""
 
     _dialect = "sqlite"
-    _q = _Q
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ from linkvault.credentials import OAuth2Tokens, open_credentials, seal_credentia
 from linkvault.crypto import AesGcmCipher, parse_keys
 from linkvault.domain import ConnectionStatus, ProviderConnection, utc_now, uuid7
 from linkvault.providers import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, Provider, load_registry
-from linkvault.stores.common import ConnectionFilter
+from linkvault.stores.common import ConnectionFilter, Page
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import SandboxAdmin
 
@@ -198,7 +198,7 @@ async def stored_tokens(database_url: str, keys: str) -> dict[UUID, StoredTokens
     async with await PostgresConnectionRepository.connect(database_url, max_size=2) as store:
         after: UUID | None = None
         while True:
-            page = await store.list_connections(ConnectionFilter(), after=after, limit=1000)
+            page = await store.list_connections(ConnectionFilter(), Page(after, 1000))
             for c in page:
                 tokens = None
                 if c.credentials is not None:

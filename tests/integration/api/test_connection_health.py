@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from linkvault.runtime import Runtime
+from linkvault.stores.common import ClaimResult
 from tests.integration.api.client import Api, assert_problem
 
 LEASE = timedelta(minutes=1)
@@ -19,7 +20,9 @@ async def record_failures(runtime: Runtime, connection_id: str, error: str, time
     for _ in range(times):
         assert await store.claim_connection(key, "test", lease=LEASE) is not None
         later = runtime.clock() + timedelta(minutes=5)
-        await store.finish_claim(key, "test", succeeded=False, next_attempt_at=later, error=error)
+        await store.finish_claim(
+            key, "test", ClaimResult(succeeded=False, next_attempt_at=later, error=error)
+        )
 
 
 def health(body: dict[str, Any]) -> tuple[Any, ...]:

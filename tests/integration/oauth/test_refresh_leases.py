@@ -23,6 +23,7 @@ from linkvault.errors import ConfigurationError
 from linkvault.oauth import HttpxTokenClient
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.services.refresh import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
+from linkvault.stores.common import ClaimRequest
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from linkvault.testing import FaultKind, RunningSandbox, sandbox_in_thread
 from tests.refreshing import POLICY, Bench, WatchedTokenClient
@@ -66,11 +67,11 @@ async def test_a_worker_whose_lease_was_taken_over_sends_nothing(bench: Bench) -
     conn = await bench.connection()
     slow, fast = bench.worker(owner="slow"), bench.worker(owner="fast")
     [stale_claim] = await bench.store.claim_due(
-        "slow", horizon=POLICY.horizon, lease=POLICY.lease, limit=10, max_failures=3
+        "slow", ClaimRequest(POLICY.horizon, POLICY.lease, limit=10, max_failures=3)
     )
     bench.clock.advance(seconds=POLICY.lease.total_seconds() + 1)
     [live_claim] = await bench.store.claim_due(
-        "fast", horizon=POLICY.horizon, lease=POLICY.lease, limit=10, max_failures=3
+        "fast", ClaimRequest(POLICY.horizon, POLICY.lease, limit=10, max_failures=3)
     )
 
     assert await slow.refresh_one(stale_claim) is Outcome.LEASE_LOST
@@ -112,7 +113,7 @@ async def test_a_lost_answer_is_not_a_failure_and_is_replayed_at_once(bench: Ben
     stored = await bench.stored(conn.id)
     assert (stored.status, stored.status_reason) == (ConnectionStatus.ACTIVE, None)
     [claim] = await bench.store.claim_due(
-        "next", horizon=POLICY.horizon, lease=POLICY.lease, limit=10, max_failures=1
+        "next", ClaimRequest(POLICY.horizon, POLICY.lease, limit=10, max_failures=1)
     )
     assert claim.failures == 0
     assert claim.lost is not None
@@ -166,7 +167,7 @@ async def test_a_worker_that_stopped_mid_request_leaves_a_replay_for_the_next_on
 ) -> None:
     conn = await bench.connection()
     await bench.store.claim_due(
-        "crashed", horizon=POLICY.horizon, lease=POLICY.lease, limit=10, max_failures=3
+        "crashed", ClaimRequest(POLICY.horizon, POLICY.lease, limit=10, max_failures=3)
     )
     current = await bench.tokens_of(conn.id)
     assert current.refresh_token is not None
@@ -317,7 +318,7 @@ async def test_a_heartbeat_keeps_the_lease_of_a_request_slower_than_the_lease(
     async with HttpxTokenClient() as tokens:
         worker = RefreshWorker(real_clock_store, registry, tokens, cipher, policy=SHORT)
         [claim] = await real_clock_store.claim_due(
-            worker.owner, horizon=SHORT.horizon, lease=SHORT.lease, limit=1, max_failures=8
+            worker.owner, ClaimRequest(SHORT.horizon, SHORT.lease, limit=1, max_failures=8)
         )
         refreshing = asyncio.create_task(worker.refresh_one(claim))
         rival_got = []
@@ -353,7 +354,7 @@ async def test_a_worker_that_loses_its_lease_abandons_the_request_and_leaves_a_r
     async with HttpxTokenClient() as tokens:
         worker = RefreshWorker(real_clock_store, registry, tokens, cipher, policy=SHORT)
         [claim] = await real_clock_store.claim_due(
-            worker.owner, horizon=SHORT.horizon, lease=SHORT.lease, limit=1, max_failures=8
+            worker.owner, ClaimRequest(SHORT.horizon, SHORT.lease, limit=1, max_failures=8)
         )
         refreshing = asyncio.create_task(worker.refresh_one(claim))
         await until(lambda: running_sandbox.sandbox.stats()["faults"].get("slow", 0) == 1)
@@ -366,7 +367,7 @@ async def test_a_worker_that_loses_its_lease_abandons_the_request_and_leaves_a_r
     with sqlite3.connect(tmp_path / "leases.db") as db:
         db.execute("UPDATE provider_connections SET refresh_lease_until = 0")
     [next_claim] = await real_clock_store.claim_due(
-        "next", horizon=SHORT.horizon, lease=SHORT.lease, limit=1, max_failures=8
+        "next", ClaimRequest(SHORT.horizon, SHORT.lease, limit=1, max_failures=8)
     )
     assert next_claim.connection.id == conn.id
     assert next_claim.lost is not None

@@ -10,6 +10,7 @@ from linkvault.credentials import OAuth2Tokens, seal_credentials
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
 from linkvault.domain import ConnectionStatus
 from linkvault.services.refresh import Outcome, RefreshPolicy
+from linkvault.stores.common import ClaimRequest
 from linkvault.testing import FaultKind
 from tests.refreshing import POLICY, Bench, WatchedTokenClient
 
@@ -144,7 +145,7 @@ async def test_jitter_spreads_the_retries_of_connections_that_failed_together(
         bench.clock.advance(seconds=1 if second > 30 else 30)
         due_at += [second] * len(await bench.claimable())
         await bench.store.claim_due(
-            "parked", horizon=POLICY.horizon, lease=timedelta(days=1), limit=100, max_failures=3
+            "parked", ClaimRequest(POLICY.horizon, timedelta(days=1), limit=100, max_failures=3)
         )
     assert len(due_at) == len(conns)
     assert len(set(due_at)) >= 4

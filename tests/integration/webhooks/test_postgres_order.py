@@ -9,7 +9,7 @@ from uuid import UUID
 from linkvault.domain import uuid7
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock
-from linkvault.webhooks import DeliveryStatus, WebhookEndpoint
+from linkvault.webhooks import DeliveryResult, DeliveryStatus, WebhookEndpoint
 from tests.factories import feed_shows, make, refresh_failed, saved
 
 LEASE = timedelta(seconds=30)
@@ -51,7 +51,8 @@ async def deliver_all(store: PostgresConnectionRepository) -> list[tuple[UUID, i
         for c in claims:
             order.append((c.delivery.connection_id, c.delivery.sequence))
             await store.finish_delivery(
-                c.delivery.id, "w", status=DeliveryStatus.DELIVERED, attempts=0,
-                next_attempt_at=None, status_code=200, error=None,
-            )  # fmt: skip
+                c.delivery.id,
+                "w",
+                DeliveryResult(DeliveryStatus.DELIVERED, 0, status_code=200),
+            )
     return order
