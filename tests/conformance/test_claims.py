@@ -256,3 +256,29 @@ async def test_blobs_outside_a_set_of_headers_are_counted_in_one_query(
     assert await store.count_sealed_outside([b"\x01\x02aa", b"\x01\x02bb"]) == 1
     assert await store.count_sealed_outside([b"\x01\x03ccc"]) == 3
     assert await store.count_sealed_outside([]) == 4
+
+
+async def test_lost_attempts_beyond_the_limit_never_stretch_a_claim_past_it(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    sent = [await due(store, clock, minutes) for minutes in (1, 2, 3)]
+    assert await claim(store, "w1") == {c.id for c in sent}
+    for n, conn in enumerate(sent):
+        clock.advance(seconds=1)
+        assert conn.credentials is not None
+        first = await store.begin_attempt(
+            conn.id,
+            "w1",
+            lease=LEASE,
+            fingerprint=f"fp-{n}",
+            credentials=conn.credentials.encrypted_data,
+        )
+        assert first is not None
+        assert await store.record_lost(conn.id, "w1", how="read timeout", error="lost")
+    await due(store, clock, 4)
+    await due(store, clock, 5)
+
+    claims = await store.claim_due("w2", ClaimRequest(HORIZON, LEASE, limit=2, max_failures=5))
+
+    assert [c.connection.id for c in claims] == [sent[0].id, sent[1].id]  # oldest lost first
+    assert all(c.lost is not None for c in claims)

@@ -307,7 +307,8 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
                     due.append((expiry, c))
             lost.sort(key=lambda pair: pair[0])
             due.sort(key=lambda pair: pair[0])
-            picked = [c for _, c in lost[:limit]] + [c for _, c in due[: limit - len(lost)]]
+            picked = [c for _, c in lost[:limit]]
+            picked += [c for _, c in due[: limit - len(picked)]]
             until = now + request.lease
             return [self._schedules[c.id].claim(c, owner, until) for c in picked]
 
