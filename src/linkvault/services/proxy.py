@@ -377,7 +377,8 @@ class ProxyPolicy:
     timeout: float = 30.0
     connect_timeout: float = 3.0
     max_body_bytes: int = 32 * 1024 * 1024
-    max_connections: int = 200
+    max_connections: int = 256
+    pools: int = 8
     # How long a token must still be good for when sent: a 401 past that is retried anyway.
     min_valid: timedelta = timedelta(seconds=5)
 
@@ -398,16 +399,24 @@ class ProviderProxy:
         self.provider_ids = _Bounded(MAX_BUCKETS * 10)
         self.policy = policy or ProxyPolicy()
         self.limiter = limiter or RateLimiter()
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(self.policy.timeout, connect=self.policy.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=self.policy.max_connections,
-                max_keepalive_connections=self.policy.max_connections,
-            ),
-            transport=transport,
-        )
+        # Several small pools rather than one large: httpcore looks at every pooled connection
+        # for every request it places, so one pool's cost grows with its size.
+        per_pool = max(1, self.policy.max_connections // self.policy.pools)
+        self._pools = [
+            httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                timeout=httpx.Timeout(self.policy.timeout, connect=self.policy.connect_timeout),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                transport=transport,
+            )
+            for _ in range(self.policy.pools)
+        ]
+        self._turn = 0
+
+    def _pool(self) -> httpx.AsyncClient:
+        self._turn = (self._turn + 1) % len(self._pools)
+        return self._pools[self._turn]
 
     async def send(
         self,
@@ -458,14 +467,15 @@ class ProviderProxy:
     async def _send_once(
         self, method: str, url: httpx.URL, headers: list[tuple[str, str]], body: Body, token: Token
     ) -> httpx.Response:
-        request = self.http.build_request(
+        http = self._pool()
+        request = http.build_request(
             method,
             url,
             headers=[*headers, ("Authorization", token.authorization)],
             content=body.content(),
         )
         try:
-            return await self.http.send(request, stream=True)
+            return await http.send(request, stream=True)
         except httpx.TimeoutException:
             raise ProxyRefusedError(
                 504, "provider-timeout", "the provider did not answer in time"
@@ -478,4 +488,5 @@ class ProviderProxy:
             ) from None
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for pool in self._pools:
+            await pool.aclose()

@@ -41,6 +41,8 @@ log = logging.getLogger("linkvault.api.proxy")
 # Not make_router: the query string belongs to the provider, every parameter is passed on.
 router = APIRouter()
 
+# An answer up to this size, of declared length, is read whole and sent back in one piece.
+SMALL_RESPONSE = 64 * 1024
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 _DESCRIPTION = """Scope `proxy`. Sends the request on to the provider's `api_base_url` + `path`
@@ -127,13 +129,23 @@ async def _forward(runtime: Runtime, connection_id: UUID, request: Request) -> R
         provider.slug,
         upstream.status_code,
     )
-    response = StreamingResponse(
-        _relay(upstream),
-        status_code=upstream.status_code,
-        background=BackgroundTask(upstream.aclose),
-    )
+    headers = response_headers(upstream.headers.raw)
+    length = upstream.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= SMALL_RESPONSE:
+        # A small answer of known size goes back in one piece: no stream to keep open.
+        try:
+            content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+        finally:
+            await upstream.aclose()
+        response = Response(content, status_code=upstream.status_code)
+    else:
+        response = StreamingResponse(
+            _relay(upstream),
+            status_code=upstream.status_code,
+            background=BackgroundTask(upstream.aclose),
+        )
     # The provider's headers as they came (repeated ones too), less the ones that must not pass.
-    response.raw_headers = response_headers(upstream.headers.raw)
+    response.raw_headers = headers
     return response
 
 
