@@ -310,10 +310,14 @@ class BodyTooLargeError(ProxyRefusedError):
 
 @dataclass(slots=True)
 class Body:
-    """A request body: whole (`data`, can be sent again) or a stream that goes once."""
+    """A request body: whole (`data`, can be sent again) or a stream that goes once.
+
+    `length` is the Content-Length the caller declared for a stream, sent on with it.
+    """
 
     data: bytes | None
     stream: AsyncIterable[bytes] | None = None
+    length: int | None = None
 
     @property
     def replayable(self) -> bool:
@@ -332,16 +336,21 @@ async def _spent() -> AsyncIterator[bytes]:
 
 
 async def read_body(
-    chunks: AsyncIterator[bytes], *, limit: int, keep: int = REPLAYABLE_BODY
+    chunks: AsyncIterator[bytes],
+    *,
+    limit: int,
+    keep: int = REPLAYABLE_BODY,
+    declared: int | None = None,
 ) -> Body:
-    """Take up to `keep` bytes in; a longer body becomes a stream, counted against `limit`."""
+    """Take up to `keep` bytes in; a longer body becomes a stream, counted against `limit`
+    (and, with the `declared` length, sent with that Content-Length rather than chunked)."""
     head = bytearray()
     async for chunk in chunks:
         head += chunk
         if len(head) > limit:
             raise BodyTooLargeError(limit)
         if len(head) > keep:
-            return Body(None, _rest(bytes(head), chunks, limit))
+            return Body(None, _rest(bytes(head), chunks, limit), declared)
     return Body(bytes(head))
 
 
@@ -468,12 +477,10 @@ class ProviderProxy:
         self, method: str, url: httpx.URL, headers: list[tuple[str, str]], body: Body, token: Token
     ) -> httpx.Response:
         http = self._pool()
-        request = http.build_request(
-            method,
-            url,
-            headers=[*headers, ("Authorization", token.authorization)],
-            content=body.content(),
-        )
+        sent = [*headers, ("Authorization", token.authorization)]
+        if body.stream is not None and body.length is not None:
+            sent.append(("Content-Length", str(body.length)))
+        request = http.build_request(method, url, headers=sent, content=body.content())
         try:
             return await http.send(request, stream=True)
         except httpx.TimeoutException:

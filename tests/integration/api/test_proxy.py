@@ -520,6 +520,28 @@ def test_a_large_download_streams_through_without_being_held_in_memory(
     assert peak < 6 * MB, f"peak traced memory {peak / MB:.1f} MB"
 
 
+def test_a_streamed_body_keeps_its_length_and_its_401_comes_back_after_the_refresh(
+    proxied: Proxied,
+) -> None:
+    conn = proxied.connect()
+    proxied.call("GET", conn, "accounts")
+    proxied.admin.expire_access_tokens("alice")
+    body = b"s" * (MB + 3)
+
+    rejected = proxied.call("PUT", conn, "echo/upload", content=body)
+    retried = proxied.call("PUT", conn, "echo/upload", content=body)
+
+    # A body past 64 KiB goes as it comes and cannot be sent twice: the 401 is the caller's
+    # to retry, and the token is already refreshed for that retry.
+    assert rejected.status_code == 401
+    assert proxied.admin.stats()["issued"].get("refresh_token") == 1
+    assert retried.status_code == 200
+    assert retried.json()["body_bytes"] == len(body)
+    sent = dict(received(proxied)[-1]["headers"])
+    assert sent["content-length"] == str(len(body))
+    assert "transfer-encoding" not in sent
+
+
 def test_a_body_over_the_proxy_limit_is_refused_before_anything_is_sent(
     tmp_path: Path, running_sandbox: RunningSandbox
 ) -> None:

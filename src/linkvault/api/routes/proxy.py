@@ -112,7 +112,8 @@ async def _forward(runtime: Runtime, connection_id: UUID, request: Request) -> R
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(limit)
     provider = await _provider_of(runtime, connection_id)
-    body = await read_body(request.stream(), limit=limit)
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    body = await read_body(request.stream(), limit=limit, declared=length)
     upstream = await proxy.send(
         provider,
         connection_id,
