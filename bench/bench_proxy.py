@@ -3,24 +3,28 @@ sent straight to the sandbox's protected API in the same run.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 5] [--concurrency 1,16] [--connections 8]
                                           [--rounds 2] [--path accounts] [--provider-latency 0]
+                                          [--database postgres|sqlite]
 
-The sandbox serves in its own process; linkvault serves in another (uvicorn, the config
-`linkvault serve` uses, SQLite in a temporary directory, no refresh worker). `--connections`
-OAuth2 connections are made through the API and the sandbox's consent page, then each
-round loads `GET /api/<path>` straight at the sandbox with the connections' access tokens,
-then `GET /v1/connections/{id}/proxy/<path>` at linkvault with an API key, over keep-alive
-HTTP/1.1 on loopback from this process. Rounds alternate, so both sides see the same
-machine; the table reports all rounds pooled. The load generator, linkvault and the
-sandbox share the machine's cores: on 2 cores the ratio at high concurrency is mostly
-linkvault's CPU cost per request, at concurrency 1 its added latency. `--provider-latency`
-makes the sandbox wait before each answer, as a real provider across a network does; the
-milliseconds the proxy adds should not change with it.
+The sandbox serves in its own process; linkvault in another (uvicorn, the config
+`linkvault serve` uses, no refresh worker) on a throwaway PostgreSQL database from
+LINKVAULT_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
+dropped at the end, or with `--database sqlite` on a SQLite file in a temporary directory.
+`--connections` OAuth2 connections are made through the API and the sandbox's consent page.
+Each round then loads `GET /api/<path>` straight at the sandbox with the connections' access
+tokens, then `GET /v1/connections/{id}/proxy/<path>` at linkvault with an API key, over
+keep-alive HTTP/1.1 on loopback from this process. Rounds alternate, so both sides see the
+same machine; the table pools the rounds. The load generator, linkvault and the sandbox
+share the machine's cores: at high concurrency the ratio is mostly linkvault's CPU cost per
+request, at concurrency 1 its added latency. `--provider-latency` makes the sandbox wait
+before each answer, as a real provider across a network does; the milliseconds the proxy
+adds should not grow with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -33,9 +37,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from uuid import uuid4
 
+import asyncpg
 import httpx
 
 from linkvault.access import Scope, generate_api_key
@@ -45,6 +50,7 @@ from linkvault.providers import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 from linkvault.testing import SandboxAdmin, sandbox_in_subprocess
 
 READY = "BENCH_PROXY_URL="
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_P50_RATIO = 1.5
 
 
@@ -206,15 +212,47 @@ def pooled(results: Sequence[Result]) -> Result:
 # --- the run ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def database(kind: str, folder: str) -> Iterator[str]:
+    """A migrated throwaway database: a SQLite file, or one on LINKVAULT_BENCH_POSTGRES_URL."""
+    if kind == "sqlite":
+        yield f"sqlite:///{Path(folder) / 'bench.db'}"
+        return
+    server = os.environ.get("LINKVAULT_BENCH_POSTGRES_URL", DEFAULT_PG)
+    name = f"linkvault_bench_proxy_{os.getpid()}"
+    url = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(server, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def migrate() -> None:
+        from linkvault.stores import open_store
+
+        store = await open_store(url, migrate=True)
+        await store.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(migrate())
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def run(args: argparse.Namespace) -> list[tuple[Result, Result]]:
     key, entry = generate_api_key("bench", {Scope.WRITE, Scope.READ, Scope.PROXY})
     with (
         tempfile.TemporaryDirectory() as tmp,
+        database(args.database, tmp) as database_url,
         sandbox_in_subprocess() as sandbox,
     ):
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LINKVAULT_")},
-            "LINKVAULT_DATABASE_URL": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "LINKVAULT_DATABASE_URL": database_url,
             "LINKVAULT_KEYS": generate_key("bench"),
             "LINKVAULT_API_KEYS": entry.spec,
             "LINKVAULT_LOG_LEVEL": "WARNING",
@@ -267,7 +305,8 @@ def _access_token(sandbox: SandboxAdmin, subject: str) -> str:
 def report(pairs: list[tuple[Result, Result]], args: argparse.Namespace) -> bool:
     print(
         f"GET /api/{args.path}: {args.connections} connections, {args.rounds} rounds x "
-        f"{args.seconds:.0f} s per side after 0.5 s warm-up, alternating; SQLite, uvicorn, loopback"
+        f"{args.seconds:.0f} s per side after 0.5 s warm-up, alternating; "
+        f"{'SQLite' if args.database == 'sqlite' else 'PostgreSQL'}, uvicorn, loopback"
     )
     if args.provider_latency:
         print(f"the sandbox waits {args.provider_latency:g} ms before each answer")
@@ -310,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.0,
         help="ms the sandbox waits before answering each API call (default 0: bare loopback)",
     )
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
