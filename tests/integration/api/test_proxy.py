@@ -257,10 +257,10 @@ def test_linkvaults_key_and_cookies_never_reach_the_provider_nor_hop_by_hop_head
     )
 
     echoed = response.json()
-    names = header_names(echoed["headers"])
-    authorizations = [v for k, v in echoed["headers"] if k.lower() == "authorization"]
+    names = header_names(echoed["raw_headers"])
+    authorizations = [v for k, v in echoed["raw_headers"] if k.lower() == "authorization"]
     assert authorizations == [f"Bearer {grant['access_token']}"]
-    assert ADMIN not in str(echoed["headers"])
+    assert ADMIN not in str(echoed["raw_headers"])
     assert not names & {
         "cookie",
         "proxy-authorization",
@@ -270,8 +270,8 @@ def test_linkvaults_key_and_cookies_never_reach_the_provider_nor_hop_by_hop_head
         "upgrade",
         "x-forwarded-for",
     }
-    assert ["x-custom", "kept"] in echoed["headers"]
-    assert ["content-type", "application/json"] in echoed["headers"]
+    assert echoed["headers"]["x-custom"] == "kept"
+    assert echoed["headers"]["content-type"] == "application/json"
     # ...and on the way back: the sandbox sent Keep-Alive, Proxy-Authenticate, Upgrade and
     # a session cookie; none of them passes, its own headers do.
     assert response.headers["x-sandbox-note"] == "kept"
@@ -363,7 +363,7 @@ def test_a_token_that_expires_mid_session_is_refreshed_once_and_the_call_retried
     assert stats["issued"].get("refresh_token") == 1
     assert stats["api_refused"] == 1  # the one 401, then the retry with the new token
     assert after["access_token"] != before["access_token"]
-    sent = [a for r in received(proxied) for k, a in r["headers"] if k == "authorization"]
+    sent = [r["headers"]["authorization"] for r in received(proxied)]
     assert sent[-1] == f"Bearer {after['access_token']}"
     assert proxied.http.get(f"/v1/connections/{conn}").json()["status"] == "active"
     assert_no_secret_shown(proxied, caplog)
@@ -537,7 +537,7 @@ def test_a_streamed_body_keeps_its_length_and_its_401_comes_back_after_the_refre
     assert proxied.admin.stats()["issued"].get("refresh_token") == 1
     assert retried.status_code == 200
     assert retried.json()["body_bytes"] == len(body)
-    sent = dict(received(proxied)[-1]["headers"])
+    sent = received(proxied)[-1]["headers"]
     assert sent["content-length"] == str(len(body))
     assert "transfer-encoding" not in sent
 

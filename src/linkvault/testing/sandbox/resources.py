@@ -123,7 +123,11 @@ def resource_routes(sandbox: Sandbox) -> list[BaseRoute]:
             "path": request.url.path,
             "raw_path": request.scope.get("raw_path", b"").decode("latin-1"),
             "query": request.scope.get("query_string", b"").decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw],
+            # By lower-case name (the last of a repeated one), and every one as it came.
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw},
+            "raw_headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw
+            ],
             "body_bytes": size,
             "body_sha256": digest.hexdigest(),
             "subject": grant.subject,

@@ -250,7 +250,11 @@ class Sandbox:
             "method": request.method,
             "path": request.url.path,
             "query": request.scope.get("query_string", b"").decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw],
+            # By lower-case name (the last of a repeated one), and every one as it came.
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw},
+            "raw_headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw
+            ],
         }
         with self._lock:
             self._api_requests += 1
