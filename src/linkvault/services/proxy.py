@@ -408,22 +408,23 @@ class ProviderProxy:
         self.provider_ids = _Bounded(MAX_BUCKETS * 10)
         self.policy = policy or ProxyPolicy()
         self.limiter = limiter or RateLimiter()
+        # Transports, not clients: a client keeps a cookie jar, and would send a cookie one
+        # provider answer set along with every later call, whoever's connection it is for.
         # Several small pools rather than one large: httpcore looks at every pooled connection
         # for every request it places, so one pool's cost grows with its size.
         per_pool = max(1, self.policy.max_connections // self.policy.pools)
-        self._pools = [
-            httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                timeout=httpx.Timeout(self.policy.timeout, connect=self.policy.connect_timeout),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                transport=transport,
-            )
-            for _ in range(self.policy.pools)
-        ]
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self._pools: list[httpx.AsyncBaseTransport] = (
+            [transport]
+            if transport is not None
+            else [httpx.AsyncHTTPTransport(limits=limits) for _ in range(self.policy.pools)]
+        )
+        self._timeout = httpx.Timeout(
+            self.policy.timeout, connect=self.policy.connect_timeout
+        ).as_dict()
         self._turn = 0
 
-    def _pool(self) -> httpx.AsyncClient:
+    def _pool(self) -> httpx.AsyncBaseTransport:
         self._turn = (self._turn + 1) % len(self._pools)
         return self._pools[self._turn]
 
@@ -476,13 +477,15 @@ class ProviderProxy:
     async def _send_once(
         self, method: str, url: httpx.URL, headers: list[tuple[str, str]], body: Body, token: Token
     ) -> httpx.Response:
-        http = self._pool()
         sent = [*headers, ("Authorization", token.authorization)]
         if body.stream is not None and body.length is not None:
             sent.append(("Content-Length", str(body.length)))
-        request = http.build_request(method, url, headers=sent, content=body.content())
+        request = httpx.Request(
+            method, url, headers=sent, content=body.content(), extensions={"timeout": self._timeout}
+        )
         try:
-            return await http.send(request, stream=True)
+            # The transport alone: no cookie jar, no redirects, no default headers.
+            return await self._pool().handle_async_request(request)
         except httpx.TimeoutException:
             raise ProxyRefusedError(
                 504, "provider-timeout", "the provider did not answer in time"

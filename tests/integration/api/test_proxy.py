@@ -10,7 +10,7 @@ import re
 import time
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,19 @@ def test_linkvaults_key_and_cookies_never_reach_the_provider_nor_hop_by_hop_head
     assert "secret-session" not in str(response.headers)
 
 
+def test_a_providers_cookie_never_comes_back_on_a_later_call_of_any_connection(
+    proxied: Proxied,
+) -> None:
+    alice, bob = proxied.connect("alice"), proxied.connect("bob")
+
+    proxied.call("GET", alice, "echo/first")  # the sandbox answers with Set-Cookie
+    later = [proxied.call("GET", conn, "echo/later").json() for conn in [alice, bob] * 10]
+
+    for echoed in later:
+        assert "cookie" not in echoed["headers"]
+    assert all("secret-session" not in str(r["raw_headers"]) for r in received(proxied))
+
+
 TRAVERSALS = [
     "../oauth/token",
     "accounts/../../admin/stats",
@@ -341,6 +354,30 @@ def test_a_redirect_is_handed_back_and_never_followed(proxied: Proxied) -> None:
     assert response.headers["location"] == target
     assert same_host.status_code == 302
     assert [r["path"] for r in received(proxied)] == ["/api/redirect", "/api/redirect"]
+
+
+def test_a_provider_too_slow_to_answer_is_a_504_problem(
+    tmp_path: Path, running_sandbox: RunningSandbox
+) -> None:
+    with serve(tmp_path, running_sandbox, proxy_timeout_seconds=0.5) as proxied:
+        conn = proxied.connect()
+        proxied.admin.inject_fault("slow", grant_type="api", delay=2)
+
+        slow = proxied.call("GET", conn, "accounts")
+
+    assert problem_of(slow, 504)["type"] == "urn:linkvault:problem:provider-timeout"
+
+
+def test_a_provider_that_stopped_listening_is_a_502_problem(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        with sandbox_in_thread() as gone:
+            proxied = stack.enter_context(serve(tmp_path, gone))
+            conn = proxied.connect()
+        # The sandbox has stopped; linkvault still holds a token good for half an hour.
+        answer = proxied.call("GET", conn, "accounts")
+
+    problem = problem_of(answer, 502)
+    assert problem["type"] == "urn:linkvault:problem:provider-unreachable"
 
 
 # --- tokens: a 401 refreshes once and retries once ---------------------------------------
