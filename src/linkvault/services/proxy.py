@@ -413,7 +413,13 @@ class ProviderProxy:
         # Several small pools rather than one large: httpcore looks at every pooled connection
         # for every request it places, so one pool's cost grows with its size.
         per_pool = max(1, self.policy.max_connections // self.policy.pools)
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        limits = httpx.Limits(
+            max_connections=per_pool,
+            max_keepalive_connections=per_pool,
+            # Below the common 5 s server keep-alive: a call must not race the provider
+            # closing an idle connection (what was sent could not be said to be unsent).
+            keepalive_expiry=2.0,
+        )
         self._pools: list[httpx.AsyncBaseTransport] = (
             [transport]
             if transport is not None
