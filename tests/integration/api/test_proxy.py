@@ -7,6 +7,8 @@ import hashlib
 import http.client
 import logging
 import re
+import socket
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -115,18 +117,38 @@ class Proxied:
         ]
 
 
+# Tokens from the sandbox, its data API somewhere else (a server the test plays).
+ELSEWHERE_TOML = """
+[[providers]]
+slug = "sandbox-elsewhere"
+id = "5c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+display_name = "Sandbox, API elsewhere"
+auth_style = "oauth2"
+base_url = "{url}"
+authorize_url = "/oauth/authorize"
+token_url = "/oauth/token"
+api_base_url = "{api}"
+"""
+
+
 @contextmanager
 def serve(
-    root: Path, running: RunningSandbox, *, database_url: str | None = None, **settings: Any
+    root: Path,
+    running: RunningSandbox,
+    *,
+    database_url: str | None = None,
+    elsewhere: str = "http://127.0.0.1:9/api",
+    **settings: Any,
 ) -> Iterator[Proxied]:
     (root / "providers.toml").write_text(
-        API_KEY_PROVIDER_TOML + LIMITED_TOML.format(url=running.url)
+        API_KEY_PROVIDER_TOML
+        + LIMITED_TOML.format(url=running.url)
+        + ELSEWHERE_TOML.format(url=running.url, api=elsewhere)
     )
-    env = {
-        **running.env(),
-        "LINKVAULT_PROVIDER_SANDBOX_LIMITED_CLIENT_ID": SANDBOX_CLIENT_ID,
-        "LINKVAULT_PROVIDER_SANDBOX_LIMITED_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
-    }
+    env = {**running.env()}
+    for slug in ("SANDBOX_LIMITED", "SANDBOX_ELSEWHERE"):
+        env[f"LINKVAULT_PROVIDER_{slug}_CLIENT_ID"] = SANDBOX_CLIENT_ID
+        env[f"LINKVAULT_PROVIDER_{slug}_CLIENT_SECRET"] = SANDBOX_CLIENT_SECRET
     config = Settings(
         database_url=database_url or f"sqlite:///{root / 'api.db'}",
         keys=SecretStr(generate_key("k1")),
@@ -378,6 +400,55 @@ def test_a_provider_that_stopped_listening_is_a_502_problem(tmp_path: Path) -> N
 
     problem = problem_of(answer, 502)
     assert problem["type"] == "urn:linkvault:problem:provider-unreachable"
+
+
+@contextmanager
+def broken_provider(answer: bytes) -> Iterator[str]:
+    """A server on loopback that reads a request, sends `answer` and hangs up; its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    stop = threading.Event()
+
+    def serve_forever() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut short",
+        b"this is not HTTP\r\n\r\n",
+        b"",
+    ],
+)
+def test_a_broken_answer_from_the_provider_is_a_502_problem(
+    tmp_path: Path, running_sandbox: RunningSandbox, answer: bytes
+) -> None:
+    with (
+        broken_provider(answer) as api,
+        serve(tmp_path, running_sandbox, elsewhere=api) as proxied,
+    ):
+        conn = proxied.connect(provider="sandbox-elsewhere")
+
+        broken = proxied.call("GET", conn, "accounts")
+
+    assert problem_of(broken, 502)["type"] == "urn:linkvault:problem:provider-unreachable"
 
 
 # --- tokens: a 401 refreshes once and retries once ---------------------------------------

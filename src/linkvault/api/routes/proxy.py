@@ -112,8 +112,8 @@ async def _forward(runtime: Runtime, connection_id: UUID, request: Request) -> R
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(limit)
     provider = await _provider_of(runtime, connection_id)
-    length = int(declared) if declared is not None and declared.isdigit() else None
-    body = await read_body(request.stream(), limit=limit, declared=length)
+    declared_length = int(declared) if declared is not None and declared.isdigit() else None
+    body = await read_body(request.stream(), limit=limit, declared=declared_length)
     upstream = await proxy.send(
         provider,
         connection_id,
@@ -131,11 +131,17 @@ async def _forward(runtime: Runtime, connection_id: UUID, request: Request) -> R
         upstream.status_code,
     )
     headers = response_headers(upstream.headers.raw)
-    length = upstream.headers.get("content-length", "")
-    if length.isdigit() and int(length) <= SMALL_RESPONSE:
+    answer_length = upstream.headers.get("content-length", "")
+    if answer_length.isdigit() and int(answer_length) <= SMALL_RESPONSE:
         # A small answer of known size goes back in one piece: no stream to keep open.
         try:
             content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+        except httpx.TransportError as exc:
+            raise ProxyRefusedError(
+                502,
+                "provider-unreachable",
+                f"the provider's answer broke off ({type(exc).__name__})",
+            ) from None
         finally:
             await upstream.aclose()
         response = Response(content, status_code=upstream.status_code)
