@@ -47,6 +47,57 @@ class TokenEndpointAuth(StrEnum):
     CLIENT_SECRET_POST = "client_secret_post"
 
 
+_RATE = re.compile(r"^\s*(\d{1,9})\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `requests` per `period` seconds, in bursts of up to `requests` (a token bucket)."""
+
+    requests: int
+    period: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int):
+            raise ProviderConfigError("a rate's request count must be a whole number")
+        if self.requests < 1 or not self.period > 0:
+            raise ProviderConfigError("a rate must allow at least 1 request in a positive period")
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """`"10/s"`, `"120/m"` or `"1000/h"` (also `sec`, `min`, `minute`, `hour`)."""
+        found = _RATE.match(text) if isinstance(text, str) else None
+        if found is None:
+            raise ProviderConfigError(f'rate {text!r} must look like "10/s", "120/m" or "1000/h"')
+        return cls(int(found.group(1)), float(_PERIODS[found.group(2)]))
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.period
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(self.period)
+        return f"{self.requests}/{unit}" if unit else f"{self.requests}/{self.period:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRateLimit:
+    """How fast linkvault lets calls through to a provider's API: per connection, per provider."""
+
+    per_connection: Rate | None = None
+    per_provider: Rate | None = None
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class ClientCredentials:
     """The client id and secret linkvault holds at one provider; the secret never shows."""
@@ -97,6 +148,9 @@ class Provider:
     # Consent that ends by rule: the grant dies this long after the user consented, whatever
     # is refreshed meanwhile (Schwab: 7 days). None: consent lasts until revoked.
     consent_lifetime: timedelta | None = None
+    # The provider's data API, which the proxy forwards to: absolute, or relative to base_url.
+    api_base_endpoint: str | None = None
+    api_rate_limit: ApiRateLimit = field(default_factory=ApiRateLimit)
     client: ClientCredentials | None = None
 
     def __post_init__(self) -> None:
@@ -125,6 +179,10 @@ class Provider:
         for name in ("authorize_endpoint", "token_endpoint", "revoke_endpoint"):
             if getattr(self, name) is not None:
                 _check_url(self._resolve(getattr(self, name)), f"{where}: {name}")
+        if self.api_base_endpoint is not None:
+            _check_api_base(self._resolve(self.api_base_endpoint), f"{where}: api_base_url")
+        if not isinstance(self.api_rate_limit, ApiRateLimit):
+            raise ProviderConfigError(f"{where}: api_rate_limit must be an ApiRateLimit")
         self._check_style(where)
         if self.client is not None and not isinstance(self.client, ClientCredentials):
             raise ProviderConfigError(f"{where}: client must be ClientCredentials")
@@ -176,6 +234,13 @@ class Provider:
     def revoke_url(self) -> str | None:
         """The absolute revocation endpoint, when the provider has one."""
         return None if self.revoke_endpoint is None else self._resolve(self.revoke_endpoint)
+
+    @property
+    def api_base_url(self) -> str | None:
+        """The absolute base URL of the provider's data API, without a trailing slash."""
+        if self.api_base_endpoint is None:
+            return None
+        return self._resolve(self.api_base_endpoint).rstrip("/")
 
     @property
     def configured(self) -> bool:
@@ -356,6 +421,8 @@ _OPTIONAL = (
     "access_token_lifetime",
     "refresh_token_lifetime",
     "consent_lifetime",
+    "api_base_url",
+    "api_rate_limit",
 )
 
 
@@ -424,6 +491,8 @@ def _build(entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Provide
         access_token_lifetime=_seconds(entry, "access_token_lifetime", where),
         refresh_token_lifetime=_seconds(entry, "refresh_token_lifetime", where),
         consent_lifetime=_seconds(entry, "consent_lifetime", where),
+        api_base_endpoint=_opt_string(entry, "api_base_url", where),
+        api_rate_limit=_rate_limit(entry, where),
         client=client_from_env(slug, env),
     )
 
@@ -475,6 +544,27 @@ def _seconds(
     return timedelta(seconds=value)
 
 
+def _rate_limit(entry: Mapping[str, Any], where: str) -> ApiRateLimit:
+    value = entry.get("api_rate_limit", {})
+    shape = (
+        'api_rate_limit must be a table like { per_connection = "10/s", per_provider = "100/s" }'
+    )
+    if not isinstance(value, dict):
+        raise ProviderConfigError(f"{where}: {shape}")
+    unknown = sorted(set(value) - {"per_connection", "per_provider"})
+    if unknown:
+        raise ProviderConfigError(
+            f"{where}: api_rate_limit has unknown key(s) {', '.join(map(repr, unknown))}; {shape}"
+        )
+    rates: dict[str, Rate] = {}
+    for name, text in value.items():
+        try:
+            rates[name] = Rate.parse(text)
+        except ProviderConfigError as exc:
+            raise ProviderConfigError(f"{where}: api_rate_limit.{name}: {exc}") from None
+    return ApiRateLimit(**rates)
+
+
 def _enum(kind: type[_E], value: object, where: str) -> _E:
     try:
         return kind(str(value))
@@ -503,6 +593,16 @@ def _check_url(url: str, what: str) -> None:
         raise ProviderConfigError(f"{what} {url!r} must not have a fragment")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ProviderConfigError(f"{what} {url!r} must use https (http is for loopback only)")
+
+
+def _check_api_base(url: str, what: str) -> None:
+    _check_url(url, what)
+    parts = urlsplit(url)
+    if parts.query:
+        raise ProviderConfigError(f"{what} {url!r} must not have a query")
+    segments = parts.path.split("/")
+    if any(s in (".", "..") for s in segments) or "\\" in parts.path or "%" in parts.path:
+        raise ProviderConfigError(f"{what} {url!r} must be a plain path, without '..' or escapes")
 
 
 def _is_loopback(host: str) -> bool:

@@ -24,6 +24,7 @@ from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
 from linkvault.services.consent import ConsentWatch
 from linkvault.services.events import EventService
+from linkvault.services.proxy import ProviderProxy, ProxyPolicy
 from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.services.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookService
 from linkvault.settings import Settings, environment
@@ -78,6 +79,7 @@ class Runtime:
     clock: Clock = field(default=utc_now)
     connections: ConnectionService = field(init=False)
     access_tokens: AccessTokenService = field(init=False)
+    proxy: ProviderProxy = field(init=False)
     events: EventService = field(init=False)
     webhooks: WebhookService = field(init=False)
     dispatcher: WebhookDispatcher = field(init=False)
@@ -93,8 +95,16 @@ class Runtime:
         self.access_tokens = AccessTokenService(
             self.store, self.registry, self.cipher, self.worker, clock=self.clock
         )
-        self.events = EventService(self.store)
         s = self.settings
+        self.proxy = ProviderProxy(
+            self.access_tokens,
+            policy=ProxyPolicy(
+                timeout=s.proxy_timeout_seconds,
+                connect_timeout=s.proxy_connect_timeout_seconds,
+                max_body_bytes=s.proxy_max_body_bytes,
+            ),
+        )
+        self.events = EventService(self.store)
         self.webhooks = WebhookService(
             self.store,
             self.cipher,
@@ -174,6 +184,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.dispatcher.aclose()
+        await self.proxy.aclose()
         await self.tokens.aclose()
         await self.store.close()
 

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
         le=3600,
         description="how long a worker holds a delivery (at least the timeout plus 5 s)",
     )
+    proxy_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="how long a proxied call waits for the provider"
+    )
+    proxy_connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="how long a proxied call waits to connect"
+    )
+    proxy_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="largest request body the proxy streams to a provider",
+    )
     consent_warning_hours: float = Field(
         default=24.0,
         ge=0,

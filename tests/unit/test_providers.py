@@ -8,10 +8,12 @@ import pytest
 
 from linkvault.errors import ConfigurationError, ProviderConfigError, UnknownProviderError
 from linkvault.providers import (
+    ApiRateLimit,
     AuthStyle,
     ClientCredentials,
     Provider,
     ProviderRegistry,
+    Rate,
     TokenEndpointAuth,
     client_from_env,
     load_registry,
@@ -351,3 +353,83 @@ def test_providers_can_key_a_dict() -> None:
     seen = {provider: provider.slug for provider in registry}
 
     assert seen[registry.get("schwab")] == "schwab"
+
+
+# --- the data API: api_base_url and api_rate_limit ---------------------------------
+
+
+def test_builtin_providers_declare_their_data_api() -> None:
+    registry = load_registry(env={"LINKVAULT_PROVIDER_SANDBOX_BASE_URL": "http://127.0.0.1:9"})
+
+    assert registry.get("schwab").api_base_url == "https://api.schwabapi.com/trader/v1"
+    assert registry.get("sandbox").api_base_url == "http://127.0.0.1:9/api"
+
+
+def test_an_api_base_url_loses_its_trailing_slash_and_may_be_relative() -> None:
+    absolute = entry(api_base_url="https://api.acme.example/v2/")
+    relative = entry(base_url="https://acme.example", api_base_url="/data/v1")
+
+    assert parse_providers(absolute)[0].api_base_url == "https://api.acme.example/v2"
+    assert parse_providers(relative)[0].api_base_url == "https://acme.example/data/v1"
+    assert parse_providers(entry())[0].api_base_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://api.acme.example/v1", "must use https"),
+        ("ftp://api.acme.example/v1", "not an absolute http(s) URL"),
+        ("https://u:p@api.acme.example/v1", "must not carry credentials"),
+        ("https://api.acme.example/v1?key=1", "must not have a query"),
+        ("https://api.acme.example/v1/../admin", "without '..' or escapes"),
+        ("https://api.acme.example/v1%2f..", "without '..' or escapes"),
+    ],
+)
+def test_a_bad_api_base_url_is_refused(url: str, problem: str) -> None:
+    message = config_error(entry(api_base_url=url))
+
+    assert problem in message
+    assert "api_base_url" in message
+    assert "'acme'" in message
+    assert "u:p@" not in message
+
+
+def test_a_relative_api_base_url_needs_a_base_url() -> None:
+    message = config_error(entry(api_base_url="data/v1"))
+
+    assert "'data/v1' is relative but no base_url" in message
+
+
+def test_an_api_base_url_may_be_plain_http_on_loopback_only() -> None:
+    [provider] = parse_providers(entry(api_base_url="http://127.0.0.1:8765/api"))
+
+    assert provider.api_base_url == "http://127.0.0.1:8765/api"
+
+
+def test_a_rate_limit_is_declared_per_connection_and_per_provider() -> None:
+    text = entry() + 'api_rate_limit = { per_connection = "10/s", per_provider = "120 / min" }\n'
+
+    [provider] = parse_providers(text)
+
+    limit = provider.api_rate_limit
+    assert limit == ApiRateLimit(per_connection=Rate(10, 1.0), per_provider=Rate(120, 60.0))
+    assert str(limit.per_provider) == "120/m"
+    assert parse_providers(entry())[0].api_rate_limit.per_connection is None
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"10/s"', "must be a table like"),
+        ('{ per_user = "1/s" }', "unknown key(s) 'per_user'"),
+        ('{ per_connection = "ten a second" }', 'must look like "10/s"'),
+        ("{ per_connection = 10 }", 'must look like "10/s"'),
+        ('{ per_provider = "0/s" }', "at least 1 request"),
+        ('{ per_provider = "5/d" }', 'must look like "10/s"'),
+    ],
+)
+def test_a_bad_rate_limit_is_refused_with_the_key_named(value: str, problem: str) -> None:
+    message = config_error(entry() + f"api_rate_limit = {value}\n")
+
+    assert problem in message
+    assert "'acme'" in message

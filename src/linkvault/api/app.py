@@ -31,9 +31,17 @@ from linkvault.api.observability import (
     OutageMiddleware,
     RefreshCollector,
 )
-from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PUBLIC_PATHS
+from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PROXIED, PUBLIC_PATHS
 from linkvault.api.problems import PROBLEM_JSON, install_handlers
-from linkvault.api.routes import connections, events, oauth, operations, providers, webhooks
+from linkvault.api.routes import (
+    connections,
+    events,
+    oauth,
+    operations,
+    providers,
+    proxy,
+    webhooks,
+)
 from linkvault.api.security import AuthMiddleware
 from linkvault.origins import ReturnOrigins
 from linkvault.outage import OutageLog
@@ -71,6 +79,7 @@ def create_app(
     app.mount(DOCS_ASSETS, StaticFiles(directory=_swagger_ui_assets()), name="docs-assets")
     app.router.routes.extend(providers.router.routes + operations.router.routes)
     app.router.routes.extend(events.router.routes + webhooks.router.routes)
+    app.router.routes.extend(proxy.router.routes)
     install_handlers(app)
     _add_middlewares(app, runtime, access, public_docs=public_docs)
     app.openapi = lambda: _openapi(app, runtime)  # type: ignore[method-assign]
@@ -115,8 +124,10 @@ def _add_middlewares(
     # Added innermost first: metrics see every answer, 401s and 500s included; a body is
     # read only for a known key, and only up to the limit.
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(HeadAsGetMiddleware, keep=PROXIED)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes, streaming=PROXIED
+    )
     app.add_middleware(
         AuthMiddleware,
         keys=access,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,15 +29,21 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 class BodyLimitMiddleware:
     """Reads a request body only up to `max_bytes`; a larger one is a 413, unread beyond that.
 
-    The body is read here, before any route parses it, and handed on in one piece.
+    The body is read here, before any route parses it, and handed on in one piece; except on
+    `streaming` paths, whose route reads the body as it comes and keeps its own limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streaming: re.Pattern[str] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streaming = streaming
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.streaming is not None and self.streaming.match(scope.get("path", ""))
+        ):
             await self.app(scope, receive, send)
             return
         declared = header(scope, b"content-length")
@@ -74,13 +81,18 @@ class BodyLimitMiddleware:
 
 
 class HeadAsGetMiddleware:
-    """HEAD is answered as GET would be; the server sends the headers without the body."""
+    """HEAD is answered as GET would be; the server sends the headers without the body.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Paths matching `keep` are left alone: the proxy forwards HEAD as HEAD.
+    """
+
+    def __init__(self, app: ASGIApp, keep: re.Pattern[str] | None = None) -> None:
         self.app = app
+        self.keep = keep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "HEAD":
+        kept = self.keep is not None and self.keep.match(scope.get("path", ""))
+        if scope["type"] == "http" and scope.get("method") == "HEAD" and not kept:
             # A copy: the server reads the method from its own scope to leave the body out.
             scope = {**scope, "method": "GET"}
         await self.app(scope, receive, send)

@@ -29,7 +29,7 @@ from linkvault.credentials import (
 from linkvault.domain import MAX_ALIAS_LENGTH, ConnectionStatus, CredentialType, ProviderConnection
 from linkvault.events import EventType, StoredEvent
 from linkvault.origins import MAX_RETURN_URL_LENGTH
-from linkvault.providers import AuthStyle, Provider
+from linkvault.providers import AuthStyle, Provider, Rate
 from linkvault.services.connections import ConnectionService
 from linkvault.services.health import HealthReport, HealthStatus
 from linkvault.services.refresh import Outcome
@@ -498,6 +498,13 @@ class RevealedCredentials(BaseModel):
     payload: RevealedPayload
 
 
+class ApiRateLimitInfo(BaseModel):
+    """Proxied calls linkvault lets through, as requests per period ("10/s", "120/m")."""
+
+    per_connection: str | None = None
+    per_provider: str | None = None
+
+
 class ProviderInfo(BaseModel):
     """A provider linkvault can connect to."""
 
@@ -508,6 +515,15 @@ class ProviderInfo(BaseModel):
     scopes: list[str]
     refreshes: bool
     configured: bool = Field(description="whether linkvault holds client credentials for it")
+    api_base_url: str | None = Field(
+        default=None,
+        description="the provider's data API, which /v1/connections/{id}/proxy/... reaches "
+        "(null: no proxy for this provider)",
+    )
+    api_rate_limit: ApiRateLimitInfo = Field(
+        default_factory=ApiRateLimitInfo,
+        description="the rate limits linkvault keeps for proxied calls",
+    )
 
 
 class ProviderList(BaseModel):
@@ -563,4 +579,13 @@ def provider_info(p: Provider) -> ProviderInfo:
         scopes=list(p.scopes),
         refreshes=p.refreshes,
         configured=p.configured,
+        api_base_url=p.api_base_url,
+        api_rate_limit=ApiRateLimitInfo(
+            per_connection=_rate(p.api_rate_limit.per_connection),
+            per_provider=_rate(p.api_rate_limit.per_provider),
+        ),
     )
+
+
+def _rate(rate: Rate | None) -> str | None:
+    return None if rate is None else str(rate)

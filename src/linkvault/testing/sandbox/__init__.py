@@ -2,7 +2,10 @@
 
 Authorization-code grant with PKCE S256 behind a consent page, refresh-token grant with
 rotation and reuse detection, injectable faults and a capacity model, and counters of every
-grant issued and refused, over HTTP (`/admin/...`) and in Python. Run it in a thread
+grant issued and refused, over HTTP (`/admin/...`) and in Python. It is also a resource
+server: `/api/accounts` and `/api/accounts/{id}/balances` want an access token it issued,
+unexpired, of a grant not revoked (`expire_access_tokens` ends them early), and it records
+the requests its API received (`api_requests`). Run it in a thread
 (`sandbox_in_thread`), in its own process (`sandbox_in_subprocess`, or
 `python -m linkvault.testing.sandbox`), and drive another process's with `SandboxAdmin`.
 """

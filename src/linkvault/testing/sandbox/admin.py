@@ -88,6 +88,16 @@ class SandboxAdmin:
         result: dict[str, int] = self._call("POST", "/admin/revoke", json={"subject": subject})
         return result["revoked"]
 
+    def expire_access_tokens(self, subject: str | None = None) -> int:
+        """End current access tokens now (a subject's, or all); their grants stay alive."""
+        result: dict[str, int] = self._call("POST", "/admin/expire", json={"subject": subject})
+        return result["expired"]
+
+    def api_requests(self) -> list[dict[str, Any]]:
+        """The latest requests to the protected API: method, path, query and headers."""
+        result: list[dict[str, Any]] = self._call("GET", "/admin/api-requests")
+        return result
+
     def close(self) -> None:
         self._http.close()
 

@@ -19,6 +19,7 @@ from linkvault.providers import SANDBOX_CLIENT_ID
 from linkvault.testing.sandbox.config import DEFAULT_SUBJECT
 from linkvault.testing.sandbox.faults import Fault, FaultKind
 from linkvault.testing.sandbox.grants import AuthRequest, Refusal
+from linkvault.testing.sandbox.resources import resource_routes
 
 if TYPE_CHECKING:
     from linkvault.testing.sandbox.server import Sandbox
@@ -235,6 +236,16 @@ def build_app(sandbox: Sandbox) -> Starlette:
         body = await _read_json(request)
         return _json(200, {"revoked": sandbox.revoke_subject(str(body["subject"]))})
 
+    async def admin_expire(request: Request) -> Response:
+        body = await _read_json(request)
+        subject = body.get("subject")
+        if subject is not None and not isinstance(subject, str):
+            raise ValueError("subject must be a string")
+        return _json(200, {"expired": sandbox.expire_access_tokens(subject)})
+
+    async def admin_api_requests(request: Request) -> Response:
+        return _json(200, sandbox.api_requests())
+
     async def health(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
@@ -244,6 +255,7 @@ def build_app(sandbox: Sandbox) -> Starlette:
             Route("/oauth/token", token, methods=["POST"]),
             Route("/oauth/revoke", revoke, methods=["POST"]),
             Route("/api/me", me, methods=["GET"]),
+            *resource_routes(sandbox),
             Route("/admin/stats", _admin(admin_stats), methods=["GET"]),
             Route("/admin/reset", _admin(admin_reset), methods=["POST"]),
             Route("/admin/faults", _admin(admin_faults), methods=["GET", "POST", "DELETE"]),
@@ -251,6 +263,8 @@ def build_app(sandbox: Sandbox) -> Starlette:
             Route("/admin/clock", _admin(admin_clock), methods=["POST"]),
             Route("/admin/grants", _admin(admin_grants), methods=["GET", "POST"]),
             Route("/admin/revoke", _admin(admin_revoke), methods=["POST"]),
+            Route("/admin/expire", _admin(admin_expire), methods=["POST"]),
+            Route("/admin/api-requests", _admin(admin_api_requests), methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ],
     )

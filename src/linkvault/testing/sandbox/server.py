@@ -11,11 +11,12 @@ import random
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from linkvault.oauth.protocol import parse_basic_authorization, verify_code_challenge
@@ -33,6 +34,8 @@ from linkvault.testing.sandbox.grants import (
 )
 
 _PENDING_TTL = 600.0
+# How many requests to its protected API the sandbox remembers, for assertions.
+_API_LOG = 200
 
 
 class Sandbox:
@@ -80,6 +83,9 @@ class Sandbox:
         self._grace_replays = 0
         self._latencies: list[float] = []
         self._capacity.peak_waiting = 0
+        self._api_log: deque[dict[str, Any]] = deque(maxlen=_API_LOG)
+        self._api_requests = 0
+        self._api_refused = 0
 
     def _refuse(self, grant_type: str, reason: str) -> None:
         self._refused.setdefault(grant_type, Counter())[reason] += 1
@@ -104,6 +110,8 @@ class Sandbox:
                 "live_grants": sum(1 for g in self._grants.values() if not g.revoked),
                 "grace_replays": self._grace_replays,
                 "token_latency": _latency_summary(self._latencies),
+                "api_requests": self._api_requests,
+                "api_refused": self._api_refused,
                 "queue": {
                     "waiting": self._capacity.waiting,
                     "serving": self._capacity.serving,
@@ -160,10 +168,12 @@ class Sandbox:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault(self, grant_type: str) -> Fault | None:
+    def _take_fault(self, grant_type: str, *, only_named: bool = False) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.grant_type not in (None, grant_type):
+                    continue
+                if only_named and fault.grant_type is None:
                     continue
                 if fault.rate < 1.0 and self._random.random() >= fault.rate:
                     continue
@@ -213,6 +223,46 @@ class Sandbox:
                 grant.revoked = True
             self._revocations += len(hit)
             return len(hit)
+
+    def expire_access_tokens(self, subject: str | None = None) -> int:
+        """End the current access tokens now (a subject's, or all), as if their time ran out.
+
+        The grants stay alive: a refresh issues a new access token. Returns how many ended.
+        """
+        with self._lock:
+            now = self.now()
+            ended = 0
+            for grant in self._grants.values():
+                if subject is not None and grant.subject != subject:
+                    continue
+                grant.access_expires_at = now - 1
+                self._access_index[grant.access_token] = (grant.id, now - 1)
+                ended += 1
+            return ended
+
+    def api_requests(self) -> list[dict[str, Any]]:
+        """The latest requests to the protected API, oldest first: method, path, query, headers."""
+        with self._lock:
+            return [dict(r) for r in self._api_log]
+
+    def _record_api_request(self, request: Request) -> None:
+        entry = {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.scope.get("query_string", b"").decode("latin-1"),
+            # By lower-case name (the last of a repeated one), and every one as it came.
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw},
+            "raw_headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw
+            ],
+        }
+        with self._lock:
+            self._api_requests += 1
+            self._api_log.append(entry)
+
+    def _count_api_refusal(self) -> None:
+        with self._lock:
+            self._api_refused += 1
 
     def _new_id(self) -> int:
         self._next_id += 1
