@@ -376,3 +376,55 @@ async def test_a_registry_provider_pointed_at_the_sandbox_refreshes(
 
     assert renewed.access_token
     assert "sandbox-secret" not in repr(provider)
+
+
+async def test_a_cookie_a_token_endpoint_sets_never_rides_on_a_later_refresh() -> None:
+    """One client refreshes every user's connections: a provider's Set-Cookie (a session,
+    a load balancer's stickiness) answered for one must not be sent for the next."""
+    seen: list[bytes] = []
+
+    async def token_endpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = next(
+                (
+                    int(line[15:])
+                    for line in head.split(b"\r\n")
+                    if line[:15].lower() == b"content-length:"
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            seen.append(head)
+            body = b'{"access_token":"at-1","token_type":"Bearer","expires_in":3600}'
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"set-cookie: session=user-one-secret; Path=/\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(token_endpoint, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = load_registry(
+        env={
+            "LINKVAULT_PROVIDER_SANDBOX_BASE_URL": f"http://127.0.0.1:{port}",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_ID": "cid",
+            "LINKVAULT_PROVIDER_SANDBOX_CLIENT_SECRET": "cookie-secret",
+        }
+    ).get("sandbox")
+    try:
+        async with HttpxTokenClient() as client:
+            await client.refresh(provider, refresh_token="rt-user-one-0123456789")
+            await client.refresh(provider, refresh_token="rt-user-two-0123456789")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert len(seen) == 2
+    assert all(b"cookie:" not in head.lower() for head in seen), seen[1]

@@ -10,6 +10,7 @@ from linkvault.oauth.client import (
     DEFAULT_TIMEOUT,
     HttpxTokenClient,
     exchange_code,
+    no_cookies,
     refresh,
     revoke,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "exchange_code",
     "generate_code_verifier",
     "generate_state",
+    "no_cookies",
     "parse_retry_after",
     "refresh",
     "revoke",

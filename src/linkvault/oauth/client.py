@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -64,6 +65,23 @@ async def exchange_code(
         request_timeout=request_timeout,
         clock=clock,
     )
+
+
+class _RefuseAll(DefaultCookiePolicy):
+    def set_ok(self, cookie: object, request: object) -> bool:
+        return False
+
+    def return_ok(self, cookie: object, request: object) -> bool:
+        return False
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing, for linkvault's own HTTP clients.
+
+    One client serves every connection: a cookie one provider (or webhook receiver) sets
+    while answering for one user must never ride along on a later request for another.
+    """
+    return CookieJar(policy=_RefuseAll())
 
 
 async def refresh(
@@ -190,6 +208,7 @@ class HttpxTokenClient:
                 keepalive_expiry=2.0,
             ),
             follow_redirects=False,
+            cookies=no_cookies(),
         )
         self.timeout = timeout
         self.connect_timeout = connect_timeout

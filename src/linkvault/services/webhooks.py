@@ -29,6 +29,7 @@ from linkvault.errors import (
     WebhookNotFoundError,
 )
 from linkvault.events import EventType
+from linkvault.oauth import no_cookies
 from linkvault.ports import Cipher
 from linkvault.services.refresh import default_owner
 from linkvault.stores import ConnectionStore
@@ -192,6 +193,7 @@ class WebhookDispatcher:
         self.owner = owner or default_owner()
         self._client = httpx.AsyncClient(
             follow_redirects=False,
+            cookies=no_cookies(),
             timeout=httpx.Timeout(self.policy.timeout, connect=self.policy.connect_timeout),
             headers={"user-agent": "linkvault-webhooks"},
         )

@@ -31,6 +31,7 @@ class Received:
     body: dict[str, Any]
     verified: bool
     answered: int
+    cookie: str | None = None
 
     @property
     def connection_id(self) -> str:
@@ -53,6 +54,7 @@ class Receiver:
         self.received: list[Received] = []
         self.answers: list[int] = []
         self.delay = 0.0  # seconds each request is held before its answer
+        self.set_cookie: str | None = None  # a Set-Cookie header each answer carries
         self.lock = threading.Lock()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -89,6 +91,7 @@ class Receiver:
                             json.loads(raw),
                             verified,
                             status,
+                            headers.get("cookie"),
                         )
                     )
                 if receiver.delay:
@@ -96,6 +99,8 @@ class Receiver:
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("location", "/elsewhere")
+                if receiver.set_cookie:
+                    self.send_header("set-cookie", receiver.set_cookie)
                 self.send_header("content-length", "0")
                 self.end_headers()
 

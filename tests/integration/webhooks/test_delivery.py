@@ -63,6 +63,25 @@ async def test_every_event_reaches_the_receiver_signed_with_the_event_id(
     assert "secret" not in repr(created)
 
 
+async def test_a_cookie_a_receiver_sets_is_never_sent_back(
+    store: ConnectionStore,
+    service: WebhookService,
+    dispatcher: WebhookDispatcher,
+    receiver: Receiver,
+    clock: FakeClock,
+) -> None:
+    created = await service.register(receiver.url)
+    receiver.secret = created.secret
+    receiver.set_cookie = "session=receiver-secret; Path=/"
+    conn = await saved(store, make(clock))
+    await store.delete(conn.id)
+
+    await drain(dispatcher, conn.id)
+
+    assert len(receiver.received) == 2
+    assert [r.cookie for r in receiver.received] == [None, None]
+
+
 async def test_a_receiver_down_then_failing_then_back_gets_everything_in_order(
     store: ConnectionStore,
     service: WebhookService,
