@@ -164,6 +164,11 @@ class AccessTokenService:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.5)
                     continue
+                if claim.connection.version != conn.version:
+                    # Another process refreshed (or changed) it between our read and our
+                    # claim: look at what it left before spending its refresh token again.
+                    await self.store.release_claims([connection_id], self.worker.owner)
+                    continue
                 outcome = await self.worker.refresh_one(claim)
                 attempts += 1
                 if outcome not in _READ_AGAIN:
