@@ -40,9 +40,12 @@ class Fences:
 
         Raises what the statement raised when it failed: every request in it fails alike.
         """
-        answer: asyncio.Future[datetime | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[datetime | None] = loop.create_future()
         self._queue.append((attempt, answer))
-        if self._draining is None:
+        draining = self._draining
+        # (A drain left behind by an event loop that closed under it drains nothing here.)
+        if draining is None or draining.done() or draining.get_loop() is not loop:
             self._draining = asyncio.create_task(self._drain())
         return await answer
 
@@ -73,7 +76,8 @@ class Fences:
             self._queue.clear()
             raise
         finally:
-            self._draining = None
+            if self._draining is asyncio.current_task():
+                self._draining = None
 
     def _take(self) -> list[tuple[AttemptStart, asyncio.Future[datetime | None]]]:
         """The next statement's requests, oldest first: those still waiting, each connection
@@ -82,9 +86,11 @@ class Fences:
         batch: list[tuple[AttemptStart, asyncio.Future[datetime | None]]] = []
         later: list[tuple[AttemptStart, asyncio.Future[datetime | None]]] = []
         ids: set[UUID] = set()
+        loop = asyncio.get_running_loop()
         while self._queue and len(batch) < most:
             attempt, answer = self._queue.popleft()
-            if answer.done():  # its refresh was cancelled while it waited: send nothing
+            # Its refresh was cancelled while it waited (or its loop is gone): send nothing.
+            if answer.done() or answer.get_loop() is not loop:
                 continue
             if attempt.connection_id in ids:
                 later.append((attempt, answer))
