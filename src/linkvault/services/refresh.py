@@ -335,7 +335,13 @@ class RefreshWorker:
             if live:
                 await asyncio.gather(*live, return_exceptions=True)
             self._stopping = False
-        log.info("refresh worker %s stopped", self.owner)
+        f = self._fences
+        log.info(
+            "refresh worker %s stopped; %d fences took %d statements",
+            self.owner,
+            f.fenced,
+            f.statements,
+        )
 
     def _may_claim(self, free: int, live: set[asyncio.Task[Outcome | None]]) -> bool:
         """Whether to claim now, with `free` slots (claims parked behind a provider's limit
