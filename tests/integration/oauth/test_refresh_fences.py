@@ -265,7 +265,7 @@ async def test_a_workers_refreshes_share_fence_statements_and_none_is_sent_unfen
     for n in range(12):
         conn, refresh_token = await connection_at(bench, copies[n % 4])
         owner_of[refresh_token] = conn.id
-    counting = CountingStore(bench.store, delay=0.2)
+    counting = CountingStore(bench.store, delay=0.5)
     bench.store = cast(ConnectionStore, counting)
     async with CheckedTokenClient(owner_of, lambda: counting.fenced) as tokens:
         worker = bench.worker(dataclasses.replace(POLICY, concurrency=4), tokens=tokens)
