@@ -14,9 +14,9 @@ from linkvault.domain import (
 )
 from linkvault.errors import InvalidArgumentError
 from linkvault.stores import ConnectionStore
-from linkvault.stores.common import ClaimRequest, ClaimResult
+from linkvault.stores.common import AttemptStart, ClaimRequest, ClaimResult, LostAttempt
 from linkvault.testing import FakeClock
-from tests.factories import make, saved
+from tests.factories import creds, make, saved
 
 LEASE = timedelta(minutes=5)
 HORIZON = timedelta(minutes=10)
@@ -282,3 +282,101 @@ async def test_lost_attempts_beyond_the_limit_never_stretch_a_claim_past_it(
 
     assert [c.connection.id for c in claims] == [sent[0].id, sent[1].id]  # oldest lost first
     assert all(c.lost is not None for c in claims)
+
+
+# --- fences: the write-ahead attempt before a refresh request ------------------------------
+
+
+def attempt(conn: ProviderConnection, fingerprint: str) -> AttemptStart:
+    assert conn.credentials is not None
+    return AttemptStart(conn.id, fingerprint, conn.credentials.encrypted_data)
+
+
+async def test_fences_of_many_connections_hold_each_on_its_own_terms(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    held = [await due(store, clock, n) for n in range(1, 4)]
+    taken = await due(store, clock, 4)  # its lease went to another worker
+    changed = await due(store, clock, 5)  # reconnected meanwhile: the grant is not the one read
+    for conn in (*held, changed):
+        assert await store.claim_connection(conn.id, "w1", lease=LEASE) is not None
+    assert await store.claim_connection(taken.id, "thief", lease=LEASE) is not None
+    read = attempt(changed, "fp-changed")
+    changed.update_credentials(creds(clock.now + timedelta(hours=1), b"new-grant"), now=clock.now)
+    await store.save(changed)
+    clock.advance(seconds=10)
+    fenced_at = clock.now
+
+    fenced = await store.begin_attempts(
+        "w1",
+        lease=LEASE,
+        attempts=[
+            attempt(held[0], "fp-0"),
+            attempt(taken, "fp-taken"),
+            read,
+            attempt(held[1], "fp-1"),
+            attempt(held[2], "fp-2"),
+        ],
+    )
+
+    assert fenced == {conn.id: fenced_at for conn in held}
+    # The fenced leases run from the fence; the others were left as they were.
+    clock.advance(seconds=LEASE.total_seconds() - 5)
+    for conn in held:
+        assert await store.claim_connection(conn.id, "w2", lease=LEASE) is None
+    for conn in (taken, changed):
+        untouched = await store.claim_connection(conn.id, "w2", lease=LEASE)
+        assert untouched is not None
+        assert untouched.lost is None, "an attempt was recorded on a row that was not fenced"
+    # Each fenced row recorded its own attempt: a worker that stops now leaves a replay.
+    clock.advance(seconds=5)
+    for n, conn in enumerate(held):
+        next_claim = await store.claim_connection(conn.id, "w3", lease=LEASE)
+        assert next_claim is not None
+        assert next_claim.lost == LostAttempt(fenced_at, f"fp-{n}", None)
+
+
+async def test_a_fence_for_the_same_token_keeps_the_attempts_first_time(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    await store.claim_connection(conn.id, "w1", lease=LEASE)
+    first = clock.now
+
+    assert await store.begin_attempts("w1", lease=LEASE, attempts=[attempt(conn, "a")]) == {
+        conn.id: first
+    }
+    clock.advance(seconds=30)
+    assert await store.begin_attempts("w1", lease=LEASE, attempts=[attempt(conn, "a")]) == {
+        conn.id: first
+    }
+    assert await store.begin_attempts("w1", lease=LEASE, attempts=[attempt(conn, "b")]) == {
+        conn.id: clock.now
+    }
+    b_first = clock.now
+    clock.advance(seconds=5)
+    # The single fence agrees.
+    for owner, expected in (("w1", b_first), ("w2", None)):
+        assert (
+            await store.begin_attempt(
+                conn.id, owner, lease=LEASE, fingerprint="b", credentials=b"sealed-credentials"
+            )
+            == expected
+        )
+
+
+async def test_a_fence_of_nothing_is_empty_and_one_naming_a_connection_twice_is_refused(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    conn = await due(store, clock)
+    await store.claim_connection(conn.id, "w1", lease=LEASE)
+
+    assert await store.begin_attempts("w1", lease=LEASE, attempts=[]) == {}
+    with pytest.raises(InvalidArgumentError):
+        await store.begin_attempts(
+            "w1", lease=LEASE, attempts=[attempt(conn, "a"), attempt(conn, "b")]
+        )
+    clock.advance(seconds=LEASE.total_seconds())
+    refused = await store.claim_connection(conn.id, "w2", lease=LEASE)
+    assert refused is not None
+    assert refused.lost is None, "a refused fence recorded an attempt"

@@ -48,11 +48,13 @@ from linkvault.events import ConnectionEvent, EventType
 from linkvault.oauth import DEFAULT_CONNECT_TIMEOUT, TokenResponse, token_expiry
 from linkvault.ports import Cipher, TokenClient
 from linkvault.providers import AuthStyle, Provider, ProviderRegistry
+from linkvault.services.fences import Fences
 from linkvault.services.limits import AdaptiveLimit
 from linkvault.services.retry import save_with_retry
 from linkvault.stores import ConnectionStore
 from linkvault.stores.common import (
     DEFAULT_MAX_ATTEMPTS,
+    AttemptStart,
     Claim,
     ClaimRequest,
     ClaimResult,
@@ -290,6 +292,11 @@ class RefreshWorker:
         self._paused_read = -1e9
         self._failing: set[str] = set()  # providers whose circuit may need closing
         self._stopping = False
+        self._fences = Fences(self._fence, most=lambda: self.policy.batch_size)
+
+    def _fence(self, attempts: Sequence[AttemptStart]) -> Awaitable[dict[UUID, datetime]]:
+        """One fence statement for requests about to be sent (see services/fences.py)."""
+        return self.store.begin_attempts(self.owner, lease=self.policy.lease, attempts=attempts)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -328,7 +335,13 @@ class RefreshWorker:
             if live:
                 await asyncio.gather(*live, return_exceptions=True)
             self._stopping = False
-        log.info("refresh worker %s stopped", self.owner)
+        f = self._fences
+        log.info(
+            "refresh worker %s stopped; %d fences took %d statements",
+            self.owner,
+            f.fenced,
+            f.statements,
+        )
 
     def _may_claim(self, free: int, live: set[asyncio.Task[Outcome | None]]) -> bool:
         """Whether to claim now, with `free` slots (claims parked behind a provider's limit
@@ -517,12 +530,9 @@ class RefreshWorker:
                 await self.store.release_claims([conn.id], self.owner)
                 return Outcome.RELEASED if self._stopping else Outcome.PAUSED
             fingerprint = token_fingerprint(current.refresh_token)
-            first_sent = await self.store.begin_attempt(
-                conn.id,
-                self.owner,
-                lease=self.policy.lease,
-                fingerprint=fingerprint,
-                credentials=conn.credentials.encrypted_data,
+            # The fence, in a statement shared with the requests starting at the same time.
+            first_sent = await self._fences.begin(
+                AttemptStart(conn.id, fingerprint, conn.credentials.encrypted_data)
             )
             if first_sent is None:
                 log.info("refresh of connection %s: lease or grant gone, nothing sent", conn.id)

@@ -17,6 +17,7 @@ from linkvault.events import ConnectionEvent
 from linkvault.ports import EventLog, ProviderConnectionRepository
 from linkvault.stores.common import (
     FIRST_PAGE,
+    AttemptStart,
     CircuitCount,
     Claim,
     ClaimRequest,
@@ -67,6 +68,10 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
         fingerprint: str,
         credentials: bytes,
     ) -> datetime | None: ...
+
+    async def begin_attempts(
+        self, owner: str, *, lease: timedelta, attempts: Sequence[AttemptStart]
+    ) -> dict[UUID, datetime]: ...
 
     async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool: ...
 

@@ -157,6 +157,26 @@ class Claim:
     lost: LostAttempt | None = None
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class AttemptStart:
+    """A refresh request about to be sent: the connection, the fingerprint of the refresh token
+    it spends, and the sealed credentials it was read from (the grant the fence expects)."""
+
+    connection_id: UUID
+    fingerprint: str
+    credentials: bytes
+
+    def __repr__(self) -> str:
+        return f"AttemptStart(connection_id={self.connection_id}, fingerprint={self.fingerprint})"
+
+
+def check_attempts(attempts: Sequence[AttemptStart]) -> Sequence[AttemptStart]:
+    """Refuse a fence naming one connection twice: one statement cannot fence a row twice."""
+    if len({a.connection_id for a in attempts}) != len(attempts):
+        raise InvalidArgumentError("a fence names each connection at most once")
+    return attempts
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Which due connections a refresh worker leases with claim_due, and for how long.

@@ -24,6 +24,7 @@ from linkvault.stores.common import (
     FIRST_PAGE,
     LAPSED_KEPT,
     MAX_CIRCUIT_ERROR,
+    AttemptStart,
     CircuitCount,
     Claim,
     ClaimRequest,
@@ -36,6 +37,7 @@ from linkvault.stores.common import (
     PendingAuthorization,
     RefreshBacklog,
     Refreshed,
+    check_attempts,
     check_limit,
     check_max_attempts,
     check_minutes,
@@ -105,6 +107,14 @@ class StoreEngine(ClosingOnExit):
         self, lost: Statement, due: Callable[[int], Statement], limit: int
     ) -> Awaitable[Sequence[Row]]:
         """Rows of `lost`, then of `due(limit - found)` while fewer than `limit` were found."""
+        raise NotImplementedError
+
+    def _fence_rows(
+        self, owner: str, now: Any, until: Any, attempts: Sequence[AttemptStart]
+    ) -> Awaitable[Sequence[Row]]:
+        """Run the named fence `begin_attempts` for each of `attempts` (as parameters: the
+        owner, the time now and the new lease end) and commit once; the rows of those fenced,
+        (connection id, attempt's first time)."""
         raise NotImplementedError
 
     def _logged(
@@ -331,10 +341,27 @@ class StoreEngine(ClosingOnExit):
 
         None: the lease is no longer this worker's, or the grant changed: send nothing.
         """
-        now, time = self._clock(), self._time
-        key = self._key(connection_id)
-        args = (key, owner, time(now), time(now + lease), fingerprint, credentials)
-        return self._maybe_at(await self._value("begin_attempt", *args))
+        attempt = AttemptStart(connection_id, fingerprint, credentials)
+        fenced = await self.begin_attempts(owner, lease=lease, attempts=[attempt])
+        return fenced.get(connection_id)
+
+    async def begin_attempts(
+        self, owner: str, *, lease: timedelta, attempts: Sequence[AttemptStart]
+    ) -> dict[UUID, datetime]:
+        """`begin_attempt` for many connections in one statement (group commit of fences).
+
+        Each row is fenced on its own terms, as `begin_attempt` would: the lease is extended
+        and the attempt recorded only where `owner` still holds the lease and the row holds
+        the grant the attempt names. Returns the first time of each attempt fenced, by
+        connection; the others are left out, their rows untouched: send them nothing.
+        """
+        if not check_attempts(attempts):
+            return {}
+        now = self._clock()
+        # In id order: two statements locking rows in a different order could deadlock.
+        ordered = sorted(attempts, key=lambda a: a.connection_id.bytes)
+        rows = await self._fence_rows(owner, self._time(now), self._time(now + lease), ordered)
+        return {self._uuid(r[0]): self._at(r[1]) for r in rows}
 
     async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
         """Heartbeat: extend a lease `owner` still holds; False when it is gone."""

@@ -346,24 +346,36 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
 
         None: the lease is no longer this worker's, or the grant changed: send nothing.
         """
+        attempt = common.AttemptStart(connection_id, fingerprint, credentials)
+        fenced = await self.begin_attempts(owner, lease=lease, attempts=[attempt])
+        return fenced.get(connection_id)
+
+    async def begin_attempts(
+        self, owner: str, *, lease: timedelta, attempts: Sequence[common.AttemptStart]
+    ) -> dict[UUID, datetime]:
+        """`begin_attempt` for many connections at once; the first time of each one fenced."""
+        common.check_attempts(attempts)
+        fenced: dict[UUID, datetime] = {}
         async with self._lock:
             now = self._clock()
-            s = self._held(connection_id, owner)
-            c = self._rows.get(connection_id)
-            if (
-                s is None
-                or c is None
-                or not s.leased_at(now)
-                or c.status is not ConnectionStatus.ACTIVE
-                or c.credentials is None
-                or c.credentials.encrypted_data != credentials
-            ):
-                return None
-            s.until = now + lease
-            if s.fingerprint != fingerprint or s.attempt_at is None:
-                s.attempt_at = now
-            s.fingerprint = fingerprint
-            return s.attempt_at
+            for a in attempts:
+                s = self._held(a.connection_id, owner)
+                c = self._rows.get(a.connection_id)
+                if (
+                    s is None
+                    or c is None
+                    or not s.leased_at(now)
+                    or c.status is not ConnectionStatus.ACTIVE
+                    or c.credentials is None
+                    or c.credentials.encrypted_data != a.credentials
+                ):
+                    continue
+                s.until = now + lease
+                if s.fingerprint != a.fingerprint or s.attempt_at is None:
+                    s.attempt_at = now
+                s.fingerprint = a.fingerprint
+                fenced[a.connection_id] = s.attempt_at
+        return fenced
 
     async def extend_lease(self, connection_id: UUID, owner: str, *, lease: timedelta) -> bool:
         """Heartbeat: extend a lease `owner` still holds; False when it is gone."""

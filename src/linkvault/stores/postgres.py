@@ -19,7 +19,7 @@ from linkvault.errors import (
     SchemaError,
 )
 from linkvault.stores import queries
-from linkvault.stores.common import EventRow
+from linkvault.stores.common import AttemptStart, EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
@@ -287,6 +287,16 @@ class PostgresConnectionRepository(StoreEngine):
         if len(rows) < limit:
             rows.extend(await self._fetch("claim_due", *due(limit - len(rows))))
         return rows
+
+    def _fence_rows(
+        self, owner: str, now: Any, until: Any, attempts: Sequence[AttemptStart]
+    ) -> Awaitable[Sequence[Row]]:
+        # One statement over parallel arrays, however many attempts: one round trip, one commit.
+        ids = [a.connection_id for a in attempts]
+        fingerprints = [a.fingerprint for a in attempts]
+        credentials = [a.credentials for a in attempts]
+        args = (ids, owner, now, until, fingerprints, credentials)
+        return self._fetch("begin_attempts", self._q["begin_attempts"], args)
 
     def _logged(
         self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]

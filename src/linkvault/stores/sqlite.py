@@ -29,7 +29,7 @@ from linkvault.errors import (
     LinkvaultError,
     SchemaError,
 )
-from linkvault.stores.common import EventRow
+from linkvault.stores.common import AttemptStart, EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
@@ -336,6 +336,24 @@ class SqliteConnectionRepository(StoreEngine):
             return rows
 
         return self._call("claim_due", lambda db: _in_transaction(db, claim))
+
+    def _fence_rows(
+        self, owner: str, now: Any, until: Any, attempts: Sequence[AttemptStart]
+    ) -> Awaitable[Sequence[Row]]:
+        fence = self._q["begin_attempts"]
+
+        def run(db: sqlite3.Connection) -> list[Any]:
+            rows = []
+            for a in attempts:
+                args = (a.connection_id.bytes, owner, now, until, a.fingerprint, a.credentials)
+                row = db.execute(fence, args).fetchone()
+                if row is not None:
+                    rows.append(row)
+            return rows
+
+        if len(attempts) == 1:  # one statement commits on its own
+            return self._call("begin_attempts", run)
+        return self._call("begin_attempts", lambda db: _in_transaction(db, run))
 
     def _logged(
         self, operation: str, name: str, args: tuple[Any, ...], events: Sequence[EventRow]

@@ -193,20 +193,23 @@ SET refresh_lease_owner = NULL,
 WHERE id = $1 AND refresh_lease_owner = $2
 RETURNING refresh_failures AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL::text AS from_status;
 
--- name: begin_attempt
--- The fence before a refresh request: extend the lease only while this worker still holds it
--- and the row still holds the grant the request will spend, and record the attempt first
--- (its first time is kept across replays of the same refresh token).
-UPDATE provider_connections
+-- name: begin_attempts
+-- The fence before refresh requests, for each row on its own terms: extend the lease only
+-- while this worker still holds it and the row still holds the grant the request will spend,
+-- and record the attempt first (its first time is kept across replays of the same refresh
+-- token). Many requests share the statement and its commit: $1 ids, $5 fingerprints and
+-- $6 sealed credentials are parallel arrays, one element per request.
+UPDATE provider_connections AS c
 SET refresh_lease_until = $4,
-    refresh_attempt_at = CASE WHEN refresh_attempt_fingerprint = $5 THEN refresh_attempt_at ELSE $3 END,
-    refresh_attempt_fingerprint = $5
-WHERE id = $1
-  AND refresh_lease_owner = $2
-  AND refresh_lease_until > $3
-  AND status = 'active'
-  AND encrypted_credentials = $6
-RETURNING refresh_attempt_at;
+    refresh_attempt_at = CASE WHEN c.refresh_attempt_fingerprint = a.fingerprint THEN c.refresh_attempt_at ELSE $3 END,
+    refresh_attempt_fingerprint = a.fingerprint
+FROM unnest($1::uuid[], $5::text[], $6::bytea[]) AS a (id, fingerprint, credentials)
+WHERE c.id = a.id
+  AND c.refresh_lease_owner = $2
+  AND c.refresh_lease_until > $3
+  AND c.status = 'active'
+  AND c.encrypted_credentials = a.credentials
+RETURNING c.id, c.refresh_attempt_at;
 
 -- name: extend_lease
 -- Heartbeat: push a live lease further out, only while this worker still holds it.

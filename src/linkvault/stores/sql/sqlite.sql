@@ -181,10 +181,11 @@ SET refresh_lease_owner = NULL,
 WHERE id = ?1 AND refresh_lease_owner = ?2
 RETURNING refresh_failures AS value, event_seq AS last_seq, id AS connection_id, user_id, provider_slug, NULL AS from_status;
 
--- name: begin_attempt
+-- name: begin_attempts
 -- The fence before a refresh request: extend the lease only while this worker still holds it
 -- and the row still holds the grant the request will spend, and record the attempt first
--- (its first time is kept across replays of the same refresh token).
+-- (its first time is kept across replays of the same refresh token). Run once per request;
+-- requests fenced together share one transaction and its commit.
 UPDATE provider_connections
 SET refresh_lease_until = ?4,
     refresh_attempt_at = CASE WHEN refresh_attempt_fingerprint = ?5 THEN refresh_attempt_at ELSE ?3 END,
@@ -194,7 +195,7 @@ WHERE id = ?1
   AND refresh_lease_until > ?3
   AND status = 'active'
   AND encrypted_credentials = ?6
-RETURNING refresh_attempt_at;
+RETURNING id, refresh_attempt_at;
 
 -- name: extend_lease
 -- Heartbeat: push a live lease further out, only while this worker still holds it.
