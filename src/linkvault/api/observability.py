@@ -101,13 +101,25 @@ class HeadAsGetMiddleware:
 class OutageMiddleware:
     """Tells the outage log that the database answered: a 2xx from a route that needs it."""
 
-    def __init__(self, app: ASGIApp, outage: OutageLog, prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        outage: OutageLog,
+        prefixes: tuple[str, ...],
+        without_database: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.outage = outage
         self.prefixes = prefixes
+        self.without_database = without_database  # paths under the prefixes that never ask it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.prefixes):
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] != "http"
+            or not path.startswith(self.prefixes)
+            or path in self.without_database
+        ):
             await self.app(scope, receive, send)
             return
 
