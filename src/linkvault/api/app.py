@@ -26,6 +26,7 @@ from linkvault.access import ApiKeySet
 from linkvault.api.observability import (
     BodyLimitMiddleware,
     CatchAllMiddleware,
+    CutOnShutdownMiddleware,
     HeadAsGetMiddleware,
     HttpMetrics,
     MetricsMiddleware,
@@ -169,6 +170,7 @@ def _add_middlewares(
         without_database=frozenset({LIVE_PATH}),
     )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics, routes=lambda: app.router.routes)
+    app.add_middleware(CutOnShutdownMiddleware, draining=lambda: bool(app.state.draining))
 
 
 def _openapi(app: FastAPI, runtime: Runtime) -> dict[str, Any]:
