@@ -185,6 +185,23 @@ def test_api_with_two_workers_serves_from_two_processes_replaces_a_dead_one_and_
     assert "Traceback" not in api.output()
 
 
+def test_when_the_supervisor_is_killed_its_children_drain_and_exit(tmp_path: Path) -> None:
+    api = ApiProcess.start(clean_env(), tmp_path / "api.log", "--workers", "2", cwd=tmp_path)
+    try:
+        api.wait_until_live(children=2)
+        children = api.children()
+        api.process.kill()  # SIGKILL: no chance to stop them
+        assert api.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in children):
+            assert time.monotonic() < deadline, api.output()
+            time.sleep(0.1)
+    finally:
+        api.close()
+    assert refused(api.url)
+    assert api.output().count("Application shutdown complete") == 2
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
