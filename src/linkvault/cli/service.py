@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from linkvault.cli.common import (
     settings,
     warn,
 )
+from linkvault.settings import Settings
 from linkvault.stores import open_store, redact_url
 
 
@@ -182,12 +184,10 @@ def api(
     stop accepting, let in-flight requests finish within LINKVAULT_SHUTDOWN_GRACE_SECONDS,
     exit 0.
     """
-    import socket as sockets
-
     current = _serving_settings(database_url, host, port)
     if socket_fd is not None:
         # A child of `--workers N`: the parent bound the socket and checked the settings.
-        sock = sockets.socket(fileno=socket_fd)
+        sock = socket.socket(fileno=socket_fd)
         try:
             run(_serve_http(current, sock, run_worker=False, parent_fd=parent_fd))
         finally:
@@ -203,7 +203,7 @@ def api(
         sock.close()
 
 
-def _serving_settings(database_url: str | None, host: str | None, port: int | None) -> Any:
+def _serving_settings(database_url: str | None, host: str | None, port: int | None) -> Settings:
     overrides: dict[str, Any] = {}
     if database_url:
         overrides["database_url"] = database_url
@@ -216,7 +216,7 @@ def _serving_settings(database_url: str | None, host: str | None, port: int | No
     return current
 
 
-def _supervise(current: Any, sock: Any, workers: int) -> int:
+def _supervise(current: Settings, sock: socket.socket, workers: int) -> int:
     """`api --workers N`: check the settings once here, then N children serve `sock`."""
     import os
     import sys
@@ -256,8 +256,8 @@ def _supervise(current: Any, sock: Any, workers: int) -> int:
 
 
 async def _serve_http(
-    current: Any,
-    sock: Any,
+    current: Settings,
+    sock: socket.socket,
     *,
     run_worker: bool,
     prefix: str | None = None,
@@ -319,7 +319,7 @@ async def _serve_http(
         await runtime.close()
 
 
-def listen(host: str, port: int, how_to_move: str) -> Any:
+def listen(host: str, port: int, how_to_move: str) -> socket.socket:
     """A listening socket, or one line saying why there is none."""
     from linkvault.serving import bind_loopback
 
