@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
+
+log = logging.getLogger("linkvault")
 
 
 def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -31,18 +37,44 @@ def socket_url(sock: socket.socket) -> str:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, telling `on_started` when it listens; a signal stop just returns."""
+    """uvicorn's server, telling `on_started` when it listens and `on_exit` (on its loop) when
+    a signal starts the graceful stop; a signal stop just returns.
+
+    On SIGTERM or SIGINT it stops accepting at once, lets in-flight requests finish for up to
+    the config's `timeout_graceful_shutdown` seconds, cancels what is left, then runs the
+    lifespan's shutdown.
+    """
 
     def __init__(
-        self, config: uvicorn.Config, on_started: Callable[[], None] | None = None
+        self,
+        config: uvicorn.Config,
+        on_started: Callable[[], None] | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(config)
         self._on_started = on_started
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and self._on_started is not None:
             self._on_started()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first and self._on_exit is not None and self._loop is not None:
+            # A signal handler may run in the middle of the loop's own work: hand over.
+            self._loop.call_soon_threadsafe(self._on_exit)
+
+    def drain(self) -> None:
+        """Start the graceful stop, as SIGTERM does."""
+        self.handle_exit(signal.SIGTERM, None)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -58,3 +90,19 @@ class Server(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+async def finish_within(tasks: set[asyncio.Task[None]], seconds: float) -> None:
+    """Wait up to `seconds` for `tasks` to end, then cancel the rest and wait for them."""
+    _, pending = await asyncio.wait(tasks, timeout=max(seconds, 0.01))
+    if pending:
+        log.warning(
+            "shutdown grace exceeded: cancelling %s (%s)",
+            ", ".join(sorted(t.get_name() for t in pending)),
+            "in-flight work is cut; its leases lapse and another worker takes it up",
+        )
+    for t in pending:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t

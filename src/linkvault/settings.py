@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         le=1024 * 1024 * 1024,
         description="largest request body the proxy streams to a provider",
     )
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="after SIGTERM, how long in-flight requests and refreshes get to finish",
+    )
     consent_warning_hours: float = Field(
         default=24.0,
         ge=0,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path as PathType
 from typing import Any
@@ -25,13 +26,22 @@ from linkvault.access import ApiKeySet
 from linkvault.api.observability import (
     BodyLimitMiddleware,
     CatchAllMiddleware,
+    CutOnShutdownMiddleware,
     HeadAsGetMiddleware,
     HttpMetrics,
     MetricsMiddleware,
     OutageMiddleware,
     RefreshCollector,
 )
-from linkvault.api.paths import CALLBACK_PATH, DOCS_ASSETS, HEALTH_PATH, PROXIED, PUBLIC_PATHS
+from linkvault.api.paths import (
+    CALLBACK_PATH,
+    DOCS_ASSETS,
+    HEALTH_PATH,
+    HEALTH_PATHS,
+    LIVE_PATH,
+    PROXIED,
+    PUBLIC_PATHS,
+)
 from linkvault.api.problems import PROBLEM_JSON, install_handlers
 from linkvault.api.routes import (
     connections,
@@ -46,7 +56,7 @@ from linkvault.api.security import AuthMiddleware
 from linkvault.origins import ReturnOrigins
 from linkvault.outage import OutageLog
 from linkvault.runtime import Runtime
-from linkvault.serving import Server
+from linkvault.serving import Server, finish_within
 
 log = logging.getLogger("linkvault.api")
 
@@ -72,6 +82,10 @@ def create_app(
     )
     app.state.runtime = runtime
     app.state.worker_running = False
+    # Set by `begin_drain` when the server starts its graceful stop: ready answers 503.
+    app.state.draining = False
+    app.state.drain_started = None
+    app.state.drain_hooks = []
     app.state.outage = OutageLog(log, "the database", clock=runtime.clock)
     # The routes themselves, not included routers: the middlewares and the 405 answer match
     # a path against route templates, which an included router does not expose.
@@ -86,6 +100,23 @@ def create_app(
     return app
 
 
+def begin_drain(app: FastAPI) -> None:
+    """The server stopped accepting: ready turns 503 and a worker in the app stops claiming."""
+    if app.state.draining:
+        return
+    app.state.draining = True
+    app.state.drain_started = time.monotonic()
+    hooks: list[Callable[[], None]] = app.state.drain_hooks
+    for hook in hooks:
+        hook()
+
+
+def grace_left(app: FastAPI, grace: float) -> float:
+    """What is left of the shutdown grace since the drain began (all of it if it has not)."""
+    started: float | None = app.state.drain_started
+    return grace if started is None else max(0.0, grace - (time.monotonic() - started))
+
+
 def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,21 +124,19 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Any:
             yield
             return
         stop = asyncio.Event()
+        app.state.drain_hooks.append(stop.set)
         task = asyncio.create_task(runtime.worker.run(stop), name="linkvault-refresh-worker")
         hooks = asyncio.create_task(runtime.dispatcher.run(stop), name="linkvault-webhooks")
         app.state.worker_running = True
         try:
             yield
         finally:
+            # The worker stopped claiming when the drain began, beside the HTTP requests;
+            # its in-flight work gets what is left of the same grace.
             stop.set()
-            try:
-                await asyncio.wait_for(task, timeout=runtime.settings.refresh_timeout_seconds + 10)
-            except TimeoutError:
-                log.warning("the refresh worker did not stop in time; cancelled")
-            try:
-                await asyncio.wait_for(hooks, timeout=runtime.settings.webhook_timeout_seconds + 5)
-            except TimeoutError:
-                log.warning("the webhook dispatcher did not stop in time; cancelled")
+            await finish_within(
+                {task, hooks}, grace_left(app, runtime.settings.shutdown_grace_seconds)
+            )
             app.state.worker_running = False
 
     return lifespan
@@ -120,7 +149,7 @@ def _add_middlewares(
     http_metrics = HttpMetrics(registry)
     registry.register(RefreshCollector(runtime, lambda: bool(app.state.worker_running)))
     app.state.metrics_registry = registry
-    public = PUBLIC_PATHS if public_docs else frozenset({HEALTH_PATH, CALLBACK_PATH})
+    public = PUBLIC_PATHS if public_docs else HEALTH_PATHS | {CALLBACK_PATH}
     # Added innermost first: metrics see every answer, 401s and 500s included; a body is
     # read only for a known key, and only up to the limit.
     app.add_middleware(CatchAllMiddleware)
@@ -138,8 +167,10 @@ def _add_middlewares(
         OutageMiddleware,
         outage=app.state.outage,
         prefixes=("/v1/connections", HEALTH_PATH, CALLBACK_PATH),
+        without_database=frozenset({LIVE_PATH}),
     )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics, routes=lambda: app.router.routes)
+    app.add_middleware(CutOnShutdownMiddleware, draining=lambda: bool(app.state.draining))
 
 
 def _openapi(app: FastAPI, runtime: Runtime) -> dict[str, Any]:
@@ -205,8 +236,11 @@ def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
 # --- serving -------------------------------------------------------------------
 
 
-def server_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Config:
-    """The uvicorn configuration `serve` runs the app with."""
+def server_config(
+    app: FastAPI, host: str, port: int, log_level: str, grace: int = 10
+) -> uvicorn.Config:
+    """The uvicorn configuration `serve` runs the app with; `grace` seconds for in-flight
+    requests after SIGTERM."""
     return uvicorn.Config(
         app,
         host=host,
@@ -216,7 +250,7 @@ def server_config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn
         # The access log would print the callback's query: its authorization code and state.
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=grace,
         backlog=2048,
     )
 
@@ -230,8 +264,19 @@ async def serve(
     run_worker: bool = True,
     log_level: str = "info",
     sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+    on_server: Callable[[Server], None] | None = None,
 ) -> None:
-    """Serve the API (and, by default, the refresh worker) until SIGINT/SIGTERM, then return."""
+    """Serve the API (and, by default, the refresh worker) until SIGINT/SIGTERM, then return.
+
+    A signal stops accepting at once; in-flight requests (and the worker's in-flight work)
+    get LINKVAULT_SHUTDOWN_GRACE_SECONDS to finish, then are cut. `on_server` receives the
+    server before it starts (to drain it on another event than a signal).
+    """
     app = create_app(runtime, access, run_worker=run_worker)
-    server = Server(server_config(app, host, port, log_level))
+    grace = runtime.settings.shutdown_grace_seconds
+    config = server_config(app, host, port, log_level, grace)
+    server = Server(config, on_started=on_started, on_exit=lambda: begin_drain(app))
+    if on_server is not None:
+        on_server(server)
     await server.serve(sockets=sockets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,7 +16,13 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from linkvault.api.problems import ApiProblem, header, internal_error, send_problem
+from linkvault.api.problems import (
+    ApiProblem,
+    header,
+    internal_error,
+    problem_response,
+    send_problem,
+)
 from linkvault.outage import OutageLog
 from linkvault.runtime import Runtime
 from linkvault.services.refresh import Outcome
@@ -101,13 +108,25 @@ class HeadAsGetMiddleware:
 class OutageMiddleware:
     """Tells the outage log that the database answered: a 2xx from a route that needs it."""
 
-    def __init__(self, app: ASGIApp, outage: OutageLog, prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        outage: OutageLog,
+        prefixes: tuple[str, ...],
+        without_database: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.outage = outage
         self.prefixes = prefixes
+        self.without_database = without_database  # paths under the prefixes that never ask it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.prefixes):
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] != "http"
+            or not path.startswith(self.prefixes)
+            or path in self.without_database
+        ):
             await self.app(scope, receive, send)
             return
 
@@ -143,6 +162,48 @@ class CatchAllMiddleware:
             if started:
                 raise
             response = internal_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
+class CutOnShutdownMiddleware:
+    """A request still running when the shutdown grace runs out is cancelled by the server:
+    its client gets a 503 problem saying so (retry elsewhere), not a bare 500."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if started or not self.draining():
+                raise
+            # The server cancelled this request to stop: answering is all that is left.
+            log.warning(
+                "%s %s cut at the end of the shutdown grace", scope["method"], scope["path"]
+            )
+            response = problem_response(
+                Request(scope),
+                ApiProblem(
+                    503,
+                    "shutting-down",
+                    "Service Unavailable",
+                    "the server shut down before this request finished; retry",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                ),
+            )
             await response(scope, receive, send)
 
 

@@ -535,6 +535,16 @@ class Health(BaseModel):
     database: Literal["ok"]
 
 
+class Live(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    schema_: Literal["current"] = Field(alias="schema")
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem detail."""
 

@@ -55,6 +55,7 @@ def root(
 app.command()(service.migrate)
 app.command()(service.worker)
 app.command()(service.serve)
+app.command()(service.api)
 app.command()(service.sandbox)
 app.command()(events)
 

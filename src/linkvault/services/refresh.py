@@ -243,6 +243,9 @@ class _Lease:
         lost = asyncio.ensure_future(self.lost.wait())
         try:
             await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        except asyncio.CancelledError:
+            work.cancel()  # cut (a shutdown grace ran out): the request must not outlive it
+            raise
         finally:
             lost.cancel()
         if not work.done():

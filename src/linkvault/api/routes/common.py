@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from linkvault.api.paths import CALLBACK_PATH, HEALTH_PATH
+from linkvault.api.paths import CALLBACK_PATH, HEALTH_PATHS
 from linkvault.api.problems import PROBLEM_JSON, ApiProblem, invalid
 from linkvault.api.schemas import Problem, ValidationProblem
 from linkvault.domain import ProviderConnection
@@ -24,7 +24,7 @@ _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
 
 # Providers add their own parameters to the callback (iss, error_description, ...).
-_ANY_QUERY = frozenset({CALLBACK_PATH, HEALTH_PATH})
+_ANY_QUERY = frozenset({CALLBACK_PATH, *HEALTH_PATHS})
 _QUERY_NAMES: dict[int, frozenset[str]] = {}
 
 
