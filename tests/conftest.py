@@ -128,7 +128,41 @@ async def postgres_store(
         yield repo
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def pgbouncer_url() -> str | None:
+    """A PgBouncer in transaction mode in front of the test server, if the environment names
+    one (CI starts it: .ci/run); its databases are the server's."""
+    return os.environ.get("LINKVAULT_TEST_PGBOUNCER_URL") or None
+
+
+def through_pooler(url: str) -> str:
+    """The same database as `url`, reached through PgBouncer in transaction mode; skips (or
+    in CI fails) the test when the environment names no PgBouncer."""
+    bouncer = pgbouncer_url()
+    if bouncer is None:
+        reason = "LINKVAULT_TEST_PGBOUNCER_URL is not set (no PgBouncer to test through)"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must run the pooled PostgreSQL tests")
+        pytest.skip(reason)
+    database = urlsplit(url).path
+    return urlunsplit(urlsplit(bouncer)._replace(path=database, query="pooler=transaction"))
+
+
+@pytest.fixture
+async def pooled_url(postgres_url: str) -> str:
+    """A fresh migrated database, reached through PgBouncer in transaction mode."""
+    return through_pooler(postgres_url)
+
+
+@pytest.fixture
+async def pooled_store(
+    clock: FakeClock, pooled_url: str
+) -> AsyncIterator[PostgresConnectionRepository]:
+    repo = await PostgresConnectionRepository.connect(pooled_url, clock=clock, max_size=8)
+    async with repo:
+        yield repo
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "pooled"])
 def store(request: pytest.FixtureRequest) -> ConnectionStore:
     repo: ConnectionStore = request.getfixturevalue(f"{request.param}_store")
     return repo

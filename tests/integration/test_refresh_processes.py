@@ -33,6 +33,7 @@ from linkvault.testing.fleet import (
     stored_tokens,
     worker_env,
 )
+from tests.conftest import through_pooler
 
 pytestmark = pytest.mark.postgres
 
@@ -76,12 +77,19 @@ def refreshed_by(workers: list[WorkerProcess]) -> Counter[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("through", ["direct", "pooler"])
 async def test_four_worker_processes_refresh_five_thousand_connections_exactly_once(
-    postgres_url: str, provider: SandboxAdmin, keys: str, tmp_path: Path
+    postgres_url: str,
+    provider: SandboxAdmin,
+    keys: str,
+    tmp_path: Path,
+    through: str,
 ) -> None:
+    """The workers reach PostgreSQL directly, or through PgBouncer in transaction mode."""
     count = 5000
     seeded = await seed_due(postgres_url, provider, keys, count)
-    env = worker_env(postgres_url, keys, provider.url)
+    workers_url = postgres_url if through == "direct" else through_pooler(postgres_url)
+    env = worker_env(workers_url, keys, provider.url)
 
     with Fleet(env, tmp_path) as fleet:
         workers = [

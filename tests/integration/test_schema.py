@@ -14,14 +14,14 @@ import asyncpg
 import pytest
 
 from linkvault.domain import utc_now
-from linkvault.errors import InvalidArgumentError, SchemaError
+from linkvault.errors import ConfigurationError, InvalidArgumentError, SchemaError
 from linkvault.stores import DEFAULT_URL, open_store, redact_url
 from linkvault.stores import queries as named
 from linkvault.stores.memory import InMemoryConnectionRepository
 from linkvault.stores.migrations import SCHEMA_TABLE, latest_version, load_migrations
-from linkvault.stores.postgres import PostgresConnectionRepository
+from linkvault.stores.postgres import PostgresConnectionRepository, pooler_mode
 from linkvault.stores.sqlite import SqliteConnectionRepository, split_statements
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, through_pooler
 
 PORT_QUERIES: dict[str, Callable[[Any, Any, Any], tuple[Any, ...]]] = {
     "find_by_id": lambda u, p, t: (u,),
@@ -70,6 +70,37 @@ async def test_concurrent_postgres_migrations_do_not_collide(
             await repo.close()
 
     assert sorted(applied, key=len) == [[], [], [], list(range(1, latest_version("postgres") + 1))]
+
+
+async def test_migrations_run_through_a_transaction_pooler(
+    postgres_server: PostgresServer,
+) -> None:
+    direct = await postgres_server.create_database(migrated=False)
+    pooled = through_pooler(direct)
+    repos = [await PostgresConnectionRepository.connect(pooled) for _ in range(3)]
+    try:
+        # Concurrent runs serialize on a transaction-scoped lock: one applies everything.
+        applied = await asyncio.gather(*(r.migrate() for r in repos))
+        assert sorted(applied, key=len) == [[], [], list(range(1, latest_version("postgres") + 1))]
+        await repos[0].check_schema()
+    finally:
+        for repo in repos:
+            await repo.close()
+
+
+def test_a_pooler_mode_other_than_transaction_is_refused() -> None:
+    for url in (
+        "postgresql://app@db/linkvault?pooler=session",
+        "postgresql://app@db/linkvault?pooler=transaction&pooler=transaction",
+        "postgresql://app@db/linkvault?pooler=",
+    ):
+        with pytest.raises(ConfigurationError, match="pooler=transaction"):
+            pooler_mode(url)
+    assert pooler_mode("postgresql://app@db/linkvault?sslmode=require&pooler=transaction") == (
+        "postgresql://app@db/linkvault?sslmode=require",
+        True,
+    )
+    assert pooler_mode("postgresql://app@db/linkvault") == ("postgresql://app@db/linkvault", False)
 
 
 async def test_sqlite_migrate_is_idempotent_and_recorded(tmp_path: Path) -> None:

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from linkvault.domain import Clock, ProviderConnection, ProviderCredentials, utc_now
 from linkvault.errors import (
+    ConfigurationError,
     ConstraintViolationError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -51,6 +53,27 @@ def logged_query(name: str, arity: int) -> str:
     events = re.sub(r"\$e(\d)", lambda m: f"${arity + int(m.group(1))}", _Q["insert_event"])
     events = events.replace("$k", f"${arity}")
     return f"WITH saved AS ({_Q[name]}), logged AS ({events}) SELECT value FROM saved"
+
+
+POOLER_MODES = ("transaction",)
+
+
+def pooler_mode(dsn: str) -> tuple[str, bool]:
+    """The URL without linkvault's `pooler` parameter, and whether a transaction pooler is
+    in front. asyncpg would send an unknown URL parameter to the server as a setting."""
+    parts = urlsplit(dsn)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    modes = [value for key, value in pairs if key == "pooler"]
+    if not modes:
+        return dsn, False
+    if len(modes) > 1 or modes[0] not in POOLER_MODES:
+        raise ConfigurationError(
+            "the database URL's pooler parameter must be pooler=transaction "
+            "(PgBouncer or another pooler in transaction mode); leave it out for a direct "
+            "connection"
+        )
+    query = urlencode([(key, value) for key, value in pairs if key != "pooler"])
+    return urlunsplit(parts._replace(query=query)), True
 
 
 # An arbitrary constant naming linkvault's migration lock among the server's advisory locks.
@@ -176,7 +199,16 @@ class PostgresConnectionRepository(StoreEngine):
         connect_timeout: float = 5.0,
         command_timeout: float = 30.0,
     ) -> Self:
-        """Open a pool on `dsn`; raises DatabaseUnavailableError when the server is unreachable."""
+        """Open a pool on `dsn`; raises DatabaseUnavailableError when the server is unreachable.
+
+        `?pooler=transaction` on the URL says a transaction pooler (PgBouncer in transaction
+        mode, or a managed database's pooler) stands between: no prepared statement is
+        kept across transactions and no startup parameter is sent (set `jit = off` on the
+        role instead: `ALTER ROLE … SET jit = off`).
+        """
+        dsn, pooled = pooler_mode(dsn)
+        # Short OLTP statements: JIT compilation only ever adds latency here.
+        direct: dict[str, Any] = {"server_settings": {"jit": "off"}}
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -186,8 +218,7 @@ class PostgresConnectionRepository(StoreEngine):
                 command_timeout=command_timeout,
                 reset=_keep_session,
                 init=_learn_array_types,
-                # Short OLTP statements: JIT compilation only ever adds latency here.
-                server_settings={"jit": "off"},
+                **({"statement_cache_size": 0} if pooled else direct),
             )
         except Exception as exc:
             raise translate_error(exc, "connecting to PostgreSQL") from exc
