@@ -125,7 +125,7 @@ class ConnectionAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
-        await response.aclose()
+        # httpx reads the refused answer itself once the retry is under way.
         token = await self._tokens.after_rejection(self._connection_id, token)
         request.headers["Authorization"] = token.authorization
         yield request
