@@ -1,0 +1,216 @@
+"""What more API processes buy: 1, 2 and 4 processes against one PostgreSQL, under wrk.
+
+For each process count N, three servers run in turn on one port each: a bare FastAPI app
+answering a constant (uvicorn --workers N), and `linkvault api --workers N` serving
+get-by-id and list-by-user for API-key connections seeded in a throwaway database. wrk
+(Debian's package) is the load generator, on the same machine, over keep-alive HTTP/1.1.
+It prints requests per second and p50/p99 next to the bare endpoint with the same process
+count. The refresh workers' side is bench/bench_refresh.py (1, 2 and 4 worker processes).
+
+    .venv/bin/python bench/bench_fleet.py [--processes 1,2,4] [--seconds 5]
+                                          [--connections 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+from bench_api import DEFAULT_PG, PROVIDERS, bare_app, seed, with_database
+from pydantic import SecretStr
+
+from linkvault.access import ApiKeySet, Scope, generate_api_key
+from linkvault.crypto import generate_key
+from linkvault.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+app = bare_app()  # what `uvicorn bench_fleet:app --workers N` serves
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], port: int, probe: str) -> Iterator[str]:
+    process = subprocess.Popen(
+        command, env=env, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{command[:4]} exited: {process.stderr and process.stderr.read()}"
+                )
+            try:
+                if httpx.get(url + probe, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} did not come up")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Result:
+    processes: int
+    scenario: str
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(
+    url: str, paths: Sequence[str], key: str, args: argparse.Namespace, work: Path
+) -> tuple[float, float, float, int]:
+    script = work / "paths.lua"
+    quoted = ",\n".join(f'  "{p}"' for p in paths)
+    script.write_text(
+        f"local paths = {{\n{quoted}\n}}\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i + 1\n"
+        f'  local auth = {{["Authorization"] = "Bearer {key}"}}\n'
+        '  return wrk.format("GET", paths[(i % #paths) + 1], auth)\n'
+        "end\n"
+    )
+    done = subprocess.run(
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    sock_errors = re.search(r"Socket errors: (.*)", out)
+    if sock_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", sock_errors.group(1)))
+    return rps, p50, p99, errors
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    server_url = os.environ.get("LINKVAULT_BENCH_POSTGRES_URL", DEFAULT_PG)
+    name = f"linkvault_bench_fleet_{os.getpid()}"
+    admin = await asyncpg.connect(server_url, timeout=5)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    results: list[Result] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            providers = work / "providers.toml"
+            providers.write_text(PROVIDERS)
+            key, entry = generate_api_key("bench", {Scope.READ})
+            database_url = with_database(server_url, name)
+            encryption_key = generate_key("bench")
+            settings = Settings(
+                database_url=database_url,
+                keys=SecretStr(encryption_key),
+                providers_file=providers,
+                api_keys=SecretStr(ApiKeySet([entry]).entries[0].spec),
+            )
+            users, connections = await seed(settings, args.users, args.per_user)
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+                "LINKVAULT_DATABASE_URL": database_url,
+                "LINKVAULT_KEYS": encryption_key,
+                "LINKVAULT_API_KEYS": entry.spec,
+                "LINKVAULT_PROVIDERS_FILE": str(providers),
+                "LINKVAULT_LOG_LEVEL": "WARNING",
+            }
+            linkvault = str(Path(sys.executable).parent / "linkvault")
+            for n in args.processes:
+                port = free_port()
+                bare = [
+                    *(sys.executable, "-m", "uvicorn", "bench_fleet:app", "--workers", str(n)),
+                    *("--port", str(port), "--log-level", "warning", "--no-access-log"),
+                ]
+                with server(bare, env, port, "/constant") as url:
+                    results.append(
+                        Result(n, "bare constant", *wrk(url, ["/constant"], key, args, work))
+                    )
+                port = free_port()
+                api = [linkvault, "api", "--workers", str(n), "--port", str(port)]
+                with server(api, env, port, "/v1/health/live") as url:
+                    by_id = [f"/v1/connections/{c}" for c in connections]
+                    results.append(Result(n, "get by id", *wrk(url, by_id, key, args, work)))
+                    by_user = [f"/v1/connections?user_id={u}&limit=50" for u in users]
+                    results.append(Result(n, "list by user", *wrk(url, by_user, key, args, work)))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return results
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"wrk -t{args.threads} -c{args.connections}, {args.seconds} s a run, on this machine "
+        f"({os.cpu_count()} cores) with the servers and PostgreSQL; "
+        f"{args.users} users x {args.per_user} connections"
+    )
+    print(f"{'processes':>9}  {'scenario':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'vs bare':>9}{'p99 vs bare':>13}")  # fmt: skip
+    bare = {r.processes: r for r in results if r.scenario == "bare constant"}
+    for r in results:
+        base = bare[r.processes]
+        print(f"{r.processes:>9}  {r.scenario:<14}{r.rps:>9.0f}{r.p50:>9.2f}{r.p99:>9.2f}"
+              f"{r.errors:>8}{r.rps / base.rps:>8.2f}x{r.p99 / base.p99:>12.2f}x")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--per-user", type=int, default=5)
+    args = parser.parse_args()
+    args.processes = [int(p) for p in args.processes.split(",")]
+    if shutil.which("wrk") is None:
+        print("bench_fleet needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    report(asyncio.run(run(args)), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
