@@ -28,9 +28,7 @@ async def test_a_point_read_is_answered_while_a_unit_of_work_holds_the_only_work
             seen = await asyncio.wait_for(store.find_by_id(conn.id), timeout=5)
             assert seen is not None
             assert seen.status is ConnectionStatus.ACTIVE
-            mine = await asyncio.wait_for(
-                store.find_active_by_user(conn.user_id), timeout=5
-            )
+            mine = await asyncio.wait_for(store.find_active_by_user(conn.user_id), timeout=5)
             assert [c.id for c in mine] == [conn.id]
             # Inside the unit of work, reads see its own writes.
             inside = await tx.find_by_id(conn.id)
