@@ -41,7 +41,9 @@ class _SlowSteps(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if "took" in str(record.msg) and isinstance(record.args, tuple) and record.args:
-            self.seconds.append(float(record.args[-1]))
+            took = record.args[-1]
+            if isinstance(took, float):
+                self.seconds.append(took)
 
 
 def _watch_slow_steps() -> _SlowSteps:
