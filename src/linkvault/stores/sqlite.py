@@ -1,7 +1,11 @@
 """SQLite store over the standard sqlite3 module: the embedded default.
 
-Every connection lives on a thread of its own, so no query ever blocks the event loop.
-WAL lets readers run beside the single writer.
+Writes, units of work and larger reads run on connections that live on threads of their
+own, so no query that may wait for a lock ever blocks the event loop. Point reads (one
+connection, or one user's few) run on the event loop's own thread through a read-only
+connection that never waits: in WAL mode a reader takes no lock a writer holds, and with
+no busy timeout the rare SQLITE_BUSY (a WAL index being rebuilt) sends the read to a
+thread instead. A thread hop costs more than reading a cached page.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,12 +34,24 @@ from linkvault.errors import (
     LinkvaultError,
     SchemaError,
 )
+from linkvault.stores import queries
 from linkvault.stores.common import AttemptStart, EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
 T = TypeVar("T")
 
+# Reads of a few rows by key, run on the event loop's thread (see the module's docstring).
+_LOOP_READS = frozenset(
+    queries.load("sqlite")[name]
+    for name in (
+        "find_by_id",
+        "find_by_user_id",
+        "find_by_user_and_provider",
+        "find_active_by_user",
+        "connection_health",
+    )
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -151,6 +168,50 @@ def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection],
     return result
 
 
+class _LoopReader:
+    """A read-only connection used on one thread (the event loop's), never waiting on a lock.
+
+    `fetch` answers None when the database is busy (or it is called from another thread):
+    the caller then reads through a worker thread as any other query.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread: int | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA query_only = ON")
+            db.execute("PRAGMA busy_timeout = 0")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        self._thread = threading.get_ident()
+        return db
+
+    def fetch(self, query: str, args: tuple[Any, ...]) -> list[Any] | None:
+        db = self._db
+        if db is None:
+            db = self._open()
+        elif self._thread != threading.get_ident():
+            return None
+        try:
+            # fetchall: the statement is done and its read snapshot released at once.
+            return db.execute(query, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 class _Worker:
     """One sqlite3 connection and the one thread that uses it."""
 
@@ -220,6 +281,7 @@ class SqliteConnectionRepository(StoreEngine):
             self._idle.put_nowait(worker)
         self._bound: _Worker | None = None
         self._closed = False
+        self._reader = _LoopReader(self._path)
 
     @classmethod
     async def open(cls, path: str | Path, *, pool_size: int = 4, clock: Clock = utc_now) -> Self:
@@ -241,12 +303,14 @@ class SqliteConnectionRepository(StoreEngine):
         bound._idle = self._idle
         bound._bound = worker
         bound._closed = False
+        bound._reader = self._reader
         return bound
 
     async def close(self) -> None:
         if self._bound is not None or self._closed:
             return
         self._closed = True
+        self._reader.close()
         for worker in self._workers:
             await worker.close()
 
@@ -307,11 +371,27 @@ class SqliteConnectionRepository(StoreEngine):
 
     # --- the dialect's primitives -------------------------------------------
 
-    def _fetch(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Sequence[Row]]:
-        return self._call(operation, lambda db: db.execute(query, args).fetchall())
+    def _read_here(self, operation: str, query: str, args: tuple[Any, ...]) -> list[Any] | None:
+        """The rows of a point read done on this thread; None when it must go to a worker
+        (inside a unit of work, a query that is not a point read, a busy database)."""
+        if self._bound is not None or query not in _LOOP_READS or self._closed:
+            return None
+        try:
+            return self._reader.fetch(query, args)
+        except Exception as exc:
+            raise translate_error(exc, operation) from exc
 
-    def _fetchrow(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Row | None]:
-        return self._call(operation, lambda db: db.execute(query, args).fetchone())
+    async def _fetch(self, operation: str, query: str, args: tuple[Any, ...]) -> Sequence[Row]:
+        rows = self._read_here(operation, query, args)
+        if rows is not None:
+            return rows
+        return await self._call(operation, lambda db: db.execute(query, args).fetchall())
+
+    async def _fetchrow(self, operation: str, query: str, args: tuple[Any, ...]) -> Row | None:
+        rows = self._read_here(operation, query, args)
+        if rows is not None:
+            return rows[0] if rows else None
+        return await self._call(operation, lambda db: db.execute(query, args).fetchone())
 
     def _fetchval(self, operation: str, query: str, args: tuple[Any, ...]) -> Awaitable[Any]:
         return self._call(operation, lambda db: _first(db.execute(query, args).fetchone()))
