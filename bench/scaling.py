@@ -157,6 +157,8 @@ async def counters(url: str) -> dict[str, float]:
             " tup_returned, tup_fetched FROM pg_stat_database WHERE datname = current_database()"
         )
         wal = await conn.fetchrow("SELECT wal_bytes, wal_records FROM pg_stat_wal")
+        assert db is not None
+        assert wal is not None
         return {
             **dict(db),
             "wal_bytes": float(wal["wal_bytes"]),
