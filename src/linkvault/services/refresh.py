@@ -30,6 +30,7 @@ from linkvault.domain import Clock, ConnectionStatus, ProviderConnection, utc_no
 from linkvault.errors import (
     AnswerLostError,
     ConfigurationError,
+    ConstraintViolationError,
     DatabaseError,
     DecryptionError,
     InvalidClientError,
@@ -40,6 +41,7 @@ from linkvault.errors import (
     ProviderUnavailableError,
     RateLimitedError,
     RevokedError,
+    SchemaError,
     StaleConnectionError,
     UnauthorizedClientError,
     UnknownProviderError,
@@ -111,6 +113,9 @@ class RefreshPolicy:
     circuit_window: timedelta = timedelta(seconds=30)
     circuit_open: timedelta = timedelta(seconds=5)
     circuit_open_max: timedelta = timedelta(minutes=1)
+    # How long new tokens are kept trying to be saved while the database fails: the provider
+    # has already spent the old refresh token, so they are the grant now.
+    save_retry: timedelta = timedelta(minutes=2)
 
     @property
     def heartbeat_every(self) -> timedelta:
@@ -195,6 +200,10 @@ def default_owner() -> str:
 def token_fingerprint(refresh_token: str) -> str:
     """A short, one-way name of a refresh token, to tell attempts apart without keeping it."""
     return hashlib.sha256(refresh_token.encode()).hexdigest()[:16]
+
+
+class _AnswerUnsavedError(Exception):
+    """The provider answered, and the database stayed unavailable past the save's retries."""
 
 
 class _LeaseLostError(Exception):
@@ -477,6 +486,17 @@ class RefreshWorker:
                 outcome = await self._refresh(claim, lease, timing)
         except _LeaseLostError:
             outcome = Outcome.LEASE_LOST
+        except _AnswerUnsavedError as exc:
+            # Nothing can be written now: leave the attempt on record, as a crashed worker
+            # would, for the next claim to replay once the database is back.
+            log.error(  # noqa: TRY400 - the database's error is in the line; no traceback
+                "refresh of connection %s: the provider answered but the database stayed "
+                "unavailable for %.0f s; the attempt stays on record for a replay (%s)",
+                conn.id,
+                self.policy.save_retry.total_seconds(),
+                exc,
+            )
+            outcome = Outcome.ANSWER_LOST
         except Exception as exc:  # one bad connection must not stop the worker
             log.exception(
                 "refresh of connection %s failed unexpectedly (%s)", conn.id, type(exc).__name__
@@ -575,7 +595,7 @@ class RefreshWorker:
             next_refresh_at=self.policy.next_refresh(now, sealed.expires_at, self.rng),
             events=() if recovered is None else (recovered,),
         )
-        saved = await self.store.complete_refresh(conn.id, self.owner, refreshed)
+        saved = await self._save_answer(conn.id, refreshed)
         if provider.slug in self._failing:
             self._failing.discard(provider.slug)
             if await self.store.close_circuit(provider.slug):
@@ -590,6 +610,33 @@ class RefreshWorker:
             )
             return await self._settle(claim, Outcome.LOST_RACE, _Then.DONE, "")
         return Outcome.REFRESHED
+
+    async def _save_answer(self, connection_id: UUID, refreshed: Refreshed) -> bool:
+        """Save the provider's answer, again and again while the database fails.
+
+        Safe to repeat: the save applies only while the row still holds the grant the refresh
+        started from. Past `policy.save_retry`, _AnswerUnsavedError: the attempt stays on
+        record as a worker's that stopped, and the next claim replays it.
+        """
+        deadline = time.monotonic() + self.policy.save_retry.total_seconds()
+        pause = 0.1
+        while True:
+            try:
+                return await self.store.complete_refresh(connection_id, self.owner, refreshed)
+            except (ConstraintViolationError, SchemaError):
+                raise
+            except DatabaseError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise _AnswerUnsavedError(str(exc)) from exc
+                log.warning(
+                    "refresh of connection %s: the new tokens are not saved yet (%s); "
+                    "trying again in %.1f s",
+                    connection_id,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def _failed(
         self, claim: Claim, provider: Provider, exc: OAuthError, *, replay: LostAttempt | None
