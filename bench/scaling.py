@@ -168,7 +168,7 @@ async def counters(url: str) -> dict[str, float]:
         await conn.close()
 
 
-async def per_refresh(count: int, work: Path) -> list[str]:
+async def per_refresh(count: int, work: Path, processes: int = 1) -> list[str]:
     name, url = await fresh_database()
     keys = generate_key("scaling")
     try:
@@ -180,21 +180,25 @@ async def per_refresh(count: int, work: Path) -> list[str]:
             cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             with Fleet(worker_env(url, keys, admin.url, log_level="WARNING"), work) as fleet:
-                worker = fleet.start("worker", "--until-idle", "--idle-poll", "0.2")
-                [code] = await asyncio.to_thread(fleet.wait_all, [worker], 600)
+                workers = [
+                    fleet.start(f"worker-{n}", "--until-idle", "--idle-poll", "0.2")
+                    for n in range(processes)
+                ]
+                codes = await asyncio.to_thread(fleet.wait_all, workers, 600)
             wall = time.perf_counter() - started
             cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             await asyncio.sleep(1.0)
             after = await counters(url)
             issued = admin.stats()["issued"].get("refresh_token", 0)
-        assert code == 0, f"the worker exited {code}"
+        assert codes == [0] * processes, f"the workers exited {codes}"
         assert issued == len(seeded.ids), f"{issued} refreshes for {len(seeded.ids)} connections"
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
             cpu_after.ru_stime - cpu_before.ru_stime
         )
         delta = {k: after[k] - before[k] for k in after}
         return [
-            f"load per refresh: {count:,} refreshes by one worker process in {wall:.1f} s "
+            f"load per refresh: {count:,} refreshes by {processes} worker process(es) "
+            f"in {wall:.1f} s "
             f"({count / wall:,.0f}/s wall, the sandbox and PostgreSQL on the same 2 cores)",
             "| per refresh | value |",
             "| --- | ---: |",
@@ -217,13 +221,14 @@ async def main() -> int:
     parser.add_argument("--refreshes", type=int, default=5000)
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--skip-refresh", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     args = parser.parse_args()
     lines: list[str] = []
     if not args.skip_storage:
         lines += await storage(args.rows) + [""]
     if not args.skip_refresh:
         with tempfile.TemporaryDirectory() as work:
-            lines += await per_refresh(args.refreshes, Path(work))
+            lines += await per_refresh(args.refreshes, Path(work), args.workers)
     print("\n".join(lines))
     return 0
 
