@@ -266,14 +266,8 @@ async def test_lost_attempts_beyond_the_limit_never_stretch_a_claim_past_it(
     for n, conn in enumerate(sent):
         clock.advance(seconds=1)
         assert conn.credentials is not None
-        first = await store.begin_attempt(
-            conn.id,
-            "w1",
-            lease=LEASE,
-            fingerprint=f"fp-{n}",
-            credentials=conn.credentials.encrypted_data,
-        )
-        assert first is not None
+        attempt = AttemptStart(conn.id, f"fp-{n}", conn.credentials.encrypted_data)
+        assert await store.begin_attempts("w1", lease=LEASE, attempts=[attempt])
         assert await store.record_lost(conn.id, "w1", how="read timeout", error="lost")
     await due(store, clock, 4)
     await due(store, clock, 5)
@@ -355,14 +349,11 @@ async def test_a_fence_for_the_same_token_keeps_the_attempts_first_time(
     }
     b_first = clock.now
     clock.advance(seconds=5)
-    # The single fence agrees.
+    # A fence of one agrees.
     for owner, expected in (("w1", b_first), ("w2", None)):
-        assert (
-            await store.begin_attempt(
-                conn.id, owner, lease=LEASE, fingerprint="b", credentials=b"sealed-credentials"
-            )
-            == expected
-        )
+        alone = AttemptStart(conn.id, "b", b"sealed-credentials")
+        fenced = await store.begin_attempts(owner, lease=LEASE, attempts=[alone])
+        assert fenced.get(conn.id) == expected
 
 
 async def test_a_fence_of_nothing_is_empty_and_one_naming_a_connection_twice_is_refused(

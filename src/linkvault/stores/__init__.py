@@ -59,16 +59,6 @@ class ConnectionStore(ProviderConnectionRepository, EventLog, Protocol):
         self, connection_id: UUID, owner: str, *, lease: timedelta
     ) -> Claim | None: ...
 
-    async def begin_attempt(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        lease: timedelta,
-        fingerprint: str,
-        credentials: bytes,
-    ) -> datetime | None: ...
-
     async def begin_attempts(
         self, owner: str, *, lease: timedelta, attempts: Sequence[AttemptStart]
     ) -> dict[UUID, datetime]: ...

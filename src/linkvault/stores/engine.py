@@ -328,32 +328,16 @@ class StoreEngine(ClosingOnExit):
         row = await self._row("claim_connection", *args)
         return None if row is None else self._claim(row)
 
-    async def begin_attempt(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        lease: timedelta,
-        fingerprint: str,
-        credentials: bytes,
-    ) -> datetime | None:
-        """Fence and record a refresh request about to be sent; its first time, or None.
-
-        None: the lease is no longer this worker's, or the grant changed: send nothing.
-        """
-        attempt = AttemptStart(connection_id, fingerprint, credentials)
-        fenced = await self.begin_attempts(owner, lease=lease, attempts=[attempt])
-        return fenced.get(connection_id)
-
     async def begin_attempts(
         self, owner: str, *, lease: timedelta, attempts: Sequence[AttemptStart]
     ) -> dict[UUID, datetime]:
-        """`begin_attempt` for many connections in one statement (group commit of fences).
+        """Fence and record refresh requests about to be sent, many in one statement (group
+        commit of fences); for each connection still held, when its attempt was first made.
 
-        Each row is fenced on its own terms, as `begin_attempt` would: the lease is extended
-        and the attempt recorded only where `owner` still holds the lease and the row holds
-        the grant the attempt names. Returns the first time of each attempt fenced, by
-        connection; the others are left out, their rows untouched: send them nothing.
+        Each row is fenced on its own terms: the lease is extended and the attempt recorded
+        only where `owner` still holds the lease and the row holds the grant it names.
+        Returns the first time of each attempt fenced, by connection; the others are left
+        out, their rows untouched: send them nothing.
         """
         if not check_attempts(attempts):
             return {}

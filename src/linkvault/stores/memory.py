@@ -333,27 +333,13 @@ class InMemoryConnectionRepository(common.ClosingOnExit):
             return None
         return s
 
-    async def begin_attempt(
-        self,
-        connection_id: UUID,
-        owner: str,
-        *,
-        lease: timedelta,
-        fingerprint: str,
-        credentials: bytes,
-    ) -> datetime | None:
-        """Fence and record a refresh request about to be sent; its first time, or None.
-
-        None: the lease is no longer this worker's, or the grant changed: send nothing.
-        """
-        attempt = common.AttemptStart(connection_id, fingerprint, credentials)
-        fenced = await self.begin_attempts(owner, lease=lease, attempts=[attempt])
-        return fenced.get(connection_id)
-
     async def begin_attempts(
         self, owner: str, *, lease: timedelta, attempts: Sequence[common.AttemptStart]
     ) -> dict[UUID, datetime]:
-        """`begin_attempt` for many connections at once; the first time of each one fenced."""
+        """Fence and record refresh requests about to be sent; the first time of each one fenced.
+
+        A connection missing from the answer: its lease is gone, or its grant changed: send
+        nothing for it."""
         common.check_attempts(attempts)
         fenced: dict[UUID, datetime] = {}
         async with self._lock:

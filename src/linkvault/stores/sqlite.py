@@ -34,24 +34,12 @@ from linkvault.errors import (
     LinkvaultError,
     SchemaError,
 )
-from linkvault.stores import queries
 from linkvault.stores.common import AttemptStart, EventRow
 from linkvault.stores.engine import Row, Statement, StoreEngine
 from linkvault.stores.migrations import SCHEMA_TABLE, load_migrations
 
 T = TypeVar("T")
 
-# Reads of a few rows by key, run on the event loop's thread (see the module's docstring).
-_LOOP_READS = frozenset(
-    queries.load("sqlite")[name]
-    for name in (
-        "find_by_id",
-        "find_by_user_id",
-        "find_by_user_and_provider",
-        "find_active_by_user",
-        "connection_health",
-    )
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -551,3 +539,16 @@ def _first(row: Sequence[Any] | None) -> Any:
 def _run(db: sqlite3.Connection, statements: Sequence[Statement]) -> None:
     for query, args in statements:
         db.execute(query, args)
+
+
+# Reads of a few rows by key, run on the event loop's thread (see the module's docstring).
+_LOOP_READS = frozenset(
+    SqliteConnectionRepository._q[name]
+    for name in (
+        "find_by_id",
+        "find_by_user_id",
+        "find_by_user_and_provider",
+        "find_active_by_user",
+        "connection_health",
+    )
+)

@@ -23,7 +23,7 @@ from linkvault.errors import ConfigurationError
 from linkvault.oauth import HttpxTokenClient
 from linkvault.providers import Provider, ProviderRegistry, load_registry
 from linkvault.services.refresh import Outcome, RefreshPolicy, RefreshWorker, token_fingerprint
-from linkvault.stores.common import ClaimRequest
+from linkvault.stores.common import AttemptStart, ClaimRequest
 from linkvault.stores.sqlite import SqliteConnectionRepository
 from linkvault.testing import FaultKind, RunningSandbox, sandbox_in_thread
 from tests.refreshing import POLICY, Bench, WatchedTokenClient
@@ -172,13 +172,10 @@ async def test_a_worker_that_stopped_mid_request_leaves_a_replay_for_the_next_on
     current = await bench.tokens_of(conn.id)
     assert current.refresh_token is not None
     assert conn.credentials is not None
-    assert await bench.store.begin_attempt(
-        conn.id,
-        "crashed",
-        lease=POLICY.lease,
-        fingerprint=token_fingerprint(current.refresh_token),
-        credentials=conn.credentials.encrypted_data,
+    attempt = AttemptStart(
+        conn.id, token_fingerprint(current.refresh_token), conn.credentials.encrypted_data
     )
+    assert await bench.store.begin_attempts("crashed", lease=POLICY.lease, attempts=[attempt])
     # The request reaches the provider; its answer dies with the worker.
     await bench.tokens.refresh(bench.provider, refresh_token=current.refresh_token)
     bench.clock.advance(seconds=POLICY.lease.total_seconds() + 1)
