@@ -1,11 +1,12 @@
 """What more API processes buy: 1, 2 and 4 processes against one PostgreSQL, under wrk.
 
 For each process count N, three servers run in turn on one port each: a bare FastAPI app
-answering a constant (uvicorn --workers N), and `linkvault api --workers N` serving
-get-by-id and list-by-user for API-key connections seeded in a throwaway database. wrk
-(Debian's package) is the load generator, on the same machine, over keep-alive HTTP/1.1.
-It prints requests per second and p50/p99 next to the bare endpoint with the same process
-count. The refresh workers' side is bench/bench_refresh.py (1, 2 and 4 worker processes).
+answering a constant (N uvicorn processes on one shared socket), and
+`linkvault api --workers N` serving get-by-id and list-by-user for API-key connections
+seeded in a throwaway database. wrk (Debian's package) is the load generator, on the same
+machine, over keep-alive HTTP/1.1. It prints requests per second and p50/p99 next to the
+bare endpoint with the same process count. The refresh workers' side is
+bench/bench_refresh.py (1, 2 and 4 worker processes).
 
     .venv/bin/python bench/bench_fleet.py [--processes 1,2,4] [--seconds 5]
                                           [--connections 32] [--threads 2]
@@ -78,6 +79,47 @@ def server(command: list[str], env: dict[str, str], port: int, probe: str) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def bare_servers(count: int, env: dict[str, str]) -> Iterator[str]:
+    """`count` uvicorn processes serving the bare app on one socket bound here, as
+    `linkvault api --workers N` shares its socket. (uvicorn's own --workers and --fd modes
+    treat the socket as a Unix one, so asyncio leaves Nagle on: every answer then waits
+    ~40 ms for a delayed ACK, which is no baseline.)"""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    command = [sys.executable, __file__, "--serve-bare-fd", str(sock.fileno())]
+    processes = [
+        subprocess.Popen(command, env=env, cwd=HERE, pass_fds=[sock.fileno()]) for _ in range(count)
+    ]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/constant", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bare servers did not come up")
+            time.sleep(0.1)
+        time.sleep(1.0)  # let every process reach its accept loop
+        yield url
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        sock.close()
 
 
 @dataclass
@@ -159,11 +201,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             linkvault = str(Path(sys.executable).parent / "linkvault")
             for n in args.processes:
                 port = free_port()
-                bare = [
-                    *(sys.executable, "-m", "uvicorn", "bench_fleet:app", "--workers", str(n)),
-                    *("--port", str(port), "--log-level", "warning", "--no-access-log"),
-                ]
-                with server(bare, env, port, "/constant") as url:
+                with bare_servers(n, env) as url:
                     results.append(
                         Result(n, "bare constant", *wrk(url, ["/constant"], key, args, work))
                     )
@@ -195,7 +233,19 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
               f"{r.errors:>8}{r.rps / base.rps:>8.2f}x{r.p99 / base.p99:>12.2f}x")  # fmt: skip
 
 
+def serve_bare(fd: int) -> None:
+    """A child of bare_servers: the bare app on the inherited TCP socket."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=fd)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-bare-fd":
+        serve_bare(int(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--seconds", type=int, default=5)
