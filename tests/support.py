@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,36 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Backg
         env=clean_env(**(env or {})),
     )
     return Background(process)
+
+
+def start_api_process(env: dict[str, str], port: int, log: Path, stack: ExitStack) -> str:
+    """`linkvault api` on a loopback port, its output in `log`, stopped (SIGTERM, then
+    SIGKILL) when `stack` closes; its base URL once /v1/health/ready answers 200."""
+    out = stack.enter_context(log.open("wb"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "linkvault.cli", "api", "--port", str(port)],
+        env={**env, "LINKVAULT_HOST": "127.0.0.1"},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+    def stop() -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    stack.callback(stop)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/v1/health/ready", timeout=1).status_code == 200:
+                return url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"API on {url} did not come up: {log.read_text()}"
+        time.sleep(0.1)

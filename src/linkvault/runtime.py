@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import TracebackType
 from typing import Self
 
 from linkvault.crypto import AesGcmCipher, KeyRing, keyring_from_settings
@@ -29,6 +28,7 @@ from linkvault.services.refresh import RefreshPolicy, RefreshWorker
 from linkvault.services.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookService
 from linkvault.settings import Settings, environment
 from linkvault.stores import ConnectionStore, open_store
+from linkvault.stores.common import ClosingOnExit
 
 
 def refresh_policy(settings: Settings) -> RefreshPolicy:
@@ -65,7 +65,7 @@ def provider_registry(settings: Settings, env: Mapping[str, str]) -> ProviderReg
 
 
 @dataclass
-class Runtime:
+class Runtime(ClosingOnExit):
     """The store, keys, providers, token client and services of one process."""
 
     settings: Settings
@@ -187,14 +187,3 @@ class Runtime:
         await self.proxy.aclose()
         await self.tokens.aclose()
         await self.store.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

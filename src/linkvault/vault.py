@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Mapping
 from datetime import timedelta
-from types import TracebackType
 from typing import Self
 from uuid import UUID
 
@@ -23,11 +22,12 @@ from linkvault.services.access_tokens import DEFAULT_MIN_VALID, AccessToken, che
 from linkvault.services.connect import ConnectService
 from linkvault.services.connections import ConnectionService
 from linkvault.settings import Settings
+from linkvault.stores.common import ClosingOnExit
 
 __all__ = ["AccessToken", "ConnectionAuth", "Vault"]
 
 
-class Vault:
+class Vault(ClosingOnExit):
     """The connections, their tokens and the services around them, for library users."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -81,19 +81,11 @@ class Vault:
         connection: it sends a current token, and on a 401 refreshes once and retries once."""
         return ConnectionAuth(self, connection_id, min_valid=min_valid)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
+        """Close the store and the HTTP clients; `async with` does it on the way out."""
         await self.runtime.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    aclose = close
 
 
 class ConnectionAuth(httpx.Auth):

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
@@ -26,6 +22,7 @@ from linkvault.testing.fleet import (
     stored_tokens,
     worker_env,
 )
+from tests.support import free_port, start_api_process
 
 pytestmark = pytest.mark.postgres
 
@@ -38,46 +35,6 @@ def provider() -> Iterator[SandboxAdmin]:
     with sandbox_in_subprocess() as admin:
         admin.update_settings(rotate_refresh_tokens=True, revoke_family_on_reuse=True)
         yield admin
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_api(env: dict[str, str], log: Path, stack: ExitStack) -> str:
-    """`linkvault serve --no-worker` on a free loopback port; its base URL once it answers."""
-    port = free_port()
-    out = stack.enter_context(log.open("wb"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "linkvault.cli", "serve", "--no-worker", "--port", str(port)],
-        env={**env, "LINKVAULT_HOST": "127.0.0.1"},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    stack.callback(stop)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code < 500:
-                return url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"API on {url} did not come up: {log.read_text()}"
-        time.sleep(0.1)
 
 
 async def test_fifty_callers_in_four_api_processes_make_one_refresh_and_share_its_token(
@@ -94,7 +51,10 @@ async def test_fifty_callers_in_four_api_processes_make_one_refresh_and_share_it
     env = worker_env(postgres_url, keys, provider.url, api_keys=entry.spec)
     provider.reset()
     with ExitStack() as stack:
-        urls = [start_api(env, tmp_path / f"api-{n}.log", stack) for n in range(PROCESSES)]
+        urls = [
+            start_api_process(env, free_port(), tmp_path / f"api-{n}.log", stack)
+            for n in range(PROCESSES)
+        ]
         async with httpx.AsyncClient(
             timeout=60, headers={"Authorization": f"Bearer {api_key}"}
         ) as http:

@@ -23,42 +23,11 @@ from linkvault.testing import SandboxAdmin, sandbox_in_subprocess
 from linkvault.testing.fleet import Fleet, WorkerProcess, worker_env
 from tests.conftest import PostgresServer, through_pooler
 from tests.sandbox_fixtures import drive_consent
-from tests.support import free_port
+from tests.support import free_port, start_api_process
 
 pytestmark = pytest.mark.postgres
 
 PER_API = 6
-
-
-def start_api(env: dict[str, str], port: int, log: Path, stack: ExitStack) -> str:
-    out = stack.enter_context(log.open("wb"))
-    process = subprocess.Popen(  # our own CLI
-        [sys.executable, "-m", "linkvault.cli", "api", "--port", str(port)],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-
-    def stop() -> None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    stack.callback(stop)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/v1/health/ready", timeout=1).status_code == 200:
-                return url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
 
 
 async def connect_through(api: str, key: str, user: int) -> str:
@@ -109,7 +78,7 @@ async def test_two_api_processes_and_two_workers_behind_pgbouncer_refresh_each_o
 
     with ExitStack() as stack:
         apis = [
-            await asyncio.to_thread(start_api, env, port, tmp_path / f"api-{n}.log", stack)
+            await asyncio.to_thread(start_api_process, env, port, tmp_path / f"api-{n}.log", stack)
             for n, port in enumerate(ports)
         ]
         made = await asyncio.gather(

@@ -37,17 +37,22 @@ async def module_postgres_url(postgres_server: PostgresServer) -> str:
     return await postgres_server.create_database()
 
 
-@pytest.fixture
-async def postgres_store(
-    clock: FakeClock, module_postgres_url: str
-) -> AsyncIterator[PostgresConnectionRepository]:
-    admin = await asyncpg.connect(module_postgres_url)
+async def wipe(database_url: str) -> None:
+    """Empty the module's database for the next test."""
+    admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(
             "TRUNCATE provider_connections, oauth_states, provider_circuits CASCADE"
         )
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def postgres_store(
+    clock: FakeClock, module_postgres_url: str
+) -> AsyncIterator[PostgresConnectionRepository]:
+    await wipe(module_postgres_url)
     repo = await PostgresConnectionRepository.connect(module_postgres_url, clock=clock, max_size=8)
     async with repo:
         yield repo

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from linkvault.crypto import AesGcmCipher, Key, KeyRing
@@ -24,6 +23,7 @@ from linkvault.stores.common import ClaimRequest
 from linkvault.stores.postgres import PostgresConnectionRepository
 from linkvault.testing import FakeClock, RunningSandbox
 from linkvault.testing.fleet import Relay
+from tests.integration.oauth.conftest import wipe
 from tests.refreshing import POLICY, Bench, WatchedTokenClient
 
 pytestmark = pytest.mark.postgres
@@ -31,13 +31,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def relay(module_postgres_url: str) -> AsyncIterator[Relay]:
-    admin = await asyncpg.connect(module_postgres_url)
-    try:
-        await admin.execute(
-            "TRUNCATE provider_connections, oauth_states, provider_circuits CASCADE"
-        )
-    finally:
-        await admin.close()
+    await wipe(module_postgres_url)
     port = urlsplit(module_postgres_url).port
     assert port is not None
     with Relay(port) as relayed:
