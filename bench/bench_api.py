@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -201,9 +201,22 @@ async def seed(settings: Settings, users: int, per_user: int) -> tuple[list[UUID
     return user_ids, connection_ids
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
+@dataclass
+class SeededApi:
+    """A throwaway database seeded with API-key connections, and what serving it takes."""
+
+    key: str  # a read-scope API key
+    env: dict[str, str]  # LINKVAULT_* for a server process on this database
+    providers: Path
+    users: list[UUID]
+    connections: list[UUID]
+
+
+@asynccontextmanager
+async def seeded_api(prefix: str, users: int, per_user: int) -> AsyncIterator[SeededApi]:
+    """Create, migrate and seed a database on LINKVAULT_BENCH_POSTGRES_URL; drop it after."""
     server = os.environ.get("LINKVAULT_BENCH_POSTGRES_URL", DEFAULT_PG)
-    name = f"linkvault_bench_api_{os.getpid()}"
+    name = f"{prefix}_{os.getpid()}"
     admin = await asyncpg.connect(server, timeout=5)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -219,32 +232,37 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 providers_file=providers,
                 api_keys=SecretStr(ApiKeySet([entry]).entries[0].spec),
             )
-            users, connections = await seed(settings, args.users, args.per_user)
+            user_ids, connection_ids = await seed(settings, users, per_user)
             env = {
                 **os.environ,
                 "LINKVAULT_DATABASE_URL": database_url,
                 "LINKVAULT_KEYS": encryption_key,
                 "LINKVAULT_API_KEYS": entry.spec,
             }
-            scenarios = [
-                ("bare constant", "bare", ["/constant"]),
-                ("get by id", "linkvault", [f"/v1/connections/{c}" for c in connections]),
-                (
-                    "list by user",
-                    "linkvault",
-                    [f"/v1/connections?user_id={u}&limit=50" for u in users],
-                ),
-            ]
-            results = []
-            for label, kind, paths in scenarios:
-                with child_server(kind, env, providers) as url:
-                    results.append(
-                        await load(label, url, paths, key, args.concurrency, args.seconds)
-                    )
-            return results
+            yield SeededApi(key, env, providers, user_ids, connection_ids)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    async with seeded_api("linkvault_bench_api", args.users, args.per_user) as seeded:
+        scenarios = [
+            ("bare constant", "bare", ["/constant"]),
+            ("get by id", "linkvault", [f"/v1/connections/{c}" for c in seeded.connections]),
+            (
+                "list by user",
+                "linkvault",
+                [f"/v1/connections?user_id={u}&limit=50" for u in seeded.users],
+            ),
+        ]
+        results = []
+        for label, kind, paths in scenarios:
+            with child_server(kind, seeded.env, seeded.providers) as url:
+                results.append(
+                    await load(label, url, paths, seeded.key, args.concurrency, args.seconds)
+                )
+        return results
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:

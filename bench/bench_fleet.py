@@ -30,14 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
-from bench_api import DEFAULT_PG, PROVIDERS, bare_app, seed, with_database
-from pydantic import SecretStr
-
-from linkvault.access import ApiKeySet, Scope, generate_api_key
-from linkvault.crypto import generate_key
-from linkvault.settings import Settings
+from bench_api import bare_app, seeded_api
 
 HERE = Path(__file__).resolve().parent
 app = bare_app()  # what `uvicorn bench_fleet:app --workers N` serves
@@ -169,38 +163,21 @@ def wrk(
 
 
 async def run(args: argparse.Namespace) -> list[Result]:
-    server_url = os.environ.get("LINKVAULT_BENCH_POSTGRES_URL", DEFAULT_PG)
-    name = f"linkvault_bench_fleet_{os.getpid()}"
-    admin = await asyncpg.connect(server_url, timeout=5)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     results: list[Result] = []
-    try:
+    async with seeded_api("linkvault_bench_fleet", args.users, args.per_user) as seeded:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            providers = work / "providers.toml"
-            providers.write_text(PROVIDERS)
-            key, entry = generate_api_key("bench", {Scope.READ})
-            database_url = with_database(server_url, name)
-            encryption_key = generate_key("bench")
-            settings = Settings(
-                database_url=database_url,
-                keys=SecretStr(encryption_key),
-                providers_file=providers,
-                api_keys=SecretStr(ApiKeySet([entry]).entries[0].spec),
-            )
-            users, connections = await seed(settings, args.users, args.per_user)
+            key = seeded.key
             env = {
-                **os.environ,
+                **seeded.env,
                 "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-                "LINKVAULT_DATABASE_URL": database_url,
-                "LINKVAULT_KEYS": encryption_key,
-                "LINKVAULT_API_KEYS": entry.spec,
-                "LINKVAULT_PROVIDERS_FILE": str(providers),
+                "LINKVAULT_PROVIDERS_FILE": str(seeded.providers),
                 "LINKVAULT_LOG_LEVEL": "WARNING",
             }
             linkvault = str(Path(sys.executable).parent / "linkvault")
+            by_id = [f"/v1/connections/{c}" for c in seeded.connections]
+            by_user = [f"/v1/connections?user_id={u}&limit=50" for u in seeded.users]
             for n in args.processes:
-                port = free_port()
                 with bare_servers(n, env) as url:
                     results.append(
                         Result(n, "bare constant", *wrk(url, ["/constant"], key, args, work))
@@ -208,13 +185,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 port = free_port()
                 api = [linkvault, "api", "--workers", str(n), "--port", str(port)]
                 with server(api, env, port, "/v1/health/live") as url:
-                    by_id = [f"/v1/connections/{c}" for c in connections]
                     results.append(Result(n, "get by id", *wrk(url, by_id, key, args, work)))
-                    by_user = [f"/v1/connections?user_id={u}&limit=50" for u in users]
                     results.append(Result(n, "list by user", *wrk(url, by_user, key, args, work)))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
     return results
 
 

@@ -138,6 +138,20 @@ class OutageMiddleware:
         await self.app(scope, receive, watching_send)
 
 
+class _TrackingSend:
+    """`send`, remembering whether the answer has started: after that, no problem can
+    replace it."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
 class CatchAllMiddleware:
     """Turns an exception no handler took into a 500 problem that names no internals."""
 
@@ -148,18 +162,11 @@ class CatchAllMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        sent = _TrackingSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, sent)
         except Exception as exc:
-            if started:
+            if sent.started:
                 raise
             response = internal_error(Request(scope), exc)
             await response(scope, receive, send)
@@ -177,18 +184,11 @@ class CutOnShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        sent = _TrackingSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, sent)
         except asyncio.CancelledError:
-            if started or not self.draining():
+            if sent.started or not self.draining():
                 raise
             # The server cancelled this request to stop: answering is all that is left.
             log.warning(
