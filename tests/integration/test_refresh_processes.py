@@ -261,7 +261,8 @@ async def kill_mid_run(
 
     It waits for requests recorded as sent a while ago, so that they have reached the
     provider (which serves what it received even if the client is gone) and not only the
-    database."""
+    database. The victim is stopped (SIGSTOP) while the database is read, so the requests
+    seen in flight cannot be answered before the kill."""
     owner: list[str] = []
 
     async def busy() -> bool:
@@ -269,8 +270,13 @@ async def kill_mid_run(
         if found is None or len(victim.refreshed_ids()) < after_refreshes:
             return False
         owner[:] = [found]
+        # Frozen while we look, so that what is in flight now is still in flight at the kill.
+        victim.signal(signal.SIGSTOP)
         sent = await in_flight_of(postgres_url, found, sent_for=timedelta(milliseconds=50))
-        return len(sent) >= 2
+        if len(sent) >= 2:
+            return True
+        victim.signal(signal.SIGCONT)
+        return False
 
     await eventually("the victim to have requests in flight", busy, 60)
     victim.signal(signal.SIGKILL)
